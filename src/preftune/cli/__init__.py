@@ -1,0 +1,1 @@
+"""preftune.cli"""

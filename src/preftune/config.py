@@ -1,0 +1,73 @@
+"""Settings from the environment (PREFTUNE_*) and their defaults.
+
+This is the only module that reads the environment. Everything else receives a
+`Settings` object (or a value taken from one), so tests can build their own.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service, with its default. Read once, passed around."""
+
+    model_config = SettingsConfigDict(env_prefix="PREFTUNE_", extra="ignore")
+
+    home: Path = Field(
+        default_factory=lambda: Path.home() / ".preftune",
+        description="Where the embedded database, blobs, models and job directories live.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default is SQLite at HOME/preftune.db. PostgreSQL: postgresql+psycopg://...",
+    )
+    api_key: str | None = Field(default=None, description="API key used by the CLI and SDK.")
+    base_url: str | None = Field(
+        default=None, description="Server URL used by the CLI and SDK (default http://127.0.0.1:8600)."
+    )
+    host: str = "127.0.0.1"
+    port: int = 8600
+    workers: int = Field(default=1, ge=0, description="Local runner processes started by `preftune serve`.")
+    max_upload_bytes: int = Field(default=5 * 1024**3, description="Largest accepted upload.")
+    lease_seconds: float = Field(default=30.0, gt=0, description="A runner's claim on a job expires after this.")
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    max_job_attempts: int = Field(default=3, ge=1, description="Runs of a job before it ends in error.")
+    adapter_cache_size: int = Field(default=8, ge=1, description="LoRA adapters kept loaded per base model.")
+    allow_on_demand_load: bool = Field(
+        default=True, description="Load a model without a deployment on first request (cold start)."
+    )
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'preftune.db'}"
+
+    @property
+    def resolved_base_url(self) -> str:
+        return (self.base_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @cached_property
+    def blobs_dir(self) -> Path:
+        return self.home / "blobs"
+
+    @cached_property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @cached_property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
+
+    @cached_property
+    def credentials_path(self) -> Path:
+        return self.home / "credentials"
+
+
+def get_settings() -> Settings:
+    """Settings from the current environment (a fresh read each call)."""
+    return Settings()

@@ -1,0 +1,69 @@
+"""One exception hierarchy for the whole product.
+
+The API maps these to `{"error": {"message", "type", "param", "code"}}` with the
+status code below; the CLI prints the message and exits non-zero. A message is
+written for a person: it says what is wrong and what to change.
+"""
+
+from __future__ import annotations
+
+
+class PreftuneError(Exception):
+    """Base class. `param` names the field, flag or parameter at fault, if any."""
+
+    status_code: int = 500
+    error_type: str = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}
+
+
+class InvalidRequestError(PreftuneError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class DataValidationError(InvalidRequestError):
+    """A data file cannot be trained on (the report says why, line by line)."""
+
+
+class TrainingSpecError(InvalidRequestError):
+    """A hyperparameter is out of range or contradicts another."""
+
+
+class AuthenticationError(PreftuneError):
+    status_code = 401
+    error_type = "authentication_error"
+
+
+class PermissionDeniedError(PreftuneError):
+    status_code = 403
+    error_type = "permission_error"
+
+
+class NotFoundError(PreftuneError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class ModelNotFoundError(NotFoundError):
+    """A base or fine-tuned model name that resolves to nothing on this machine."""
+
+
+class ConflictError(PreftuneError):
+    status_code = 409
+    error_type = "conflict_error"
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    status_code = 413
+
+
+class TrainingError(PreftuneError):
+    """The trainer failed for a reason that is not the user's input."""
