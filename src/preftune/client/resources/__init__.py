@@ -1,0 +1,1 @@
+"""One module per REST resource, as in openai-python's `resources/`."""

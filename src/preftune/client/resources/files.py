@@ -1,0 +1,67 @@
+"""`client.files`: upload, list, retrieve, report, content and delete data files."""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+from typing import Any
+
+from preftune.client._base import HTTPTransport
+from preftune.client.pagination import Page
+from preftune.client.types import DeletedObject, FileObject
+
+
+class Files:
+    def __init__(self, transport: HTTPTransport) -> None:
+        self._t = transport
+
+    def upload(self, file: str | Path, *, purpose: str = "fine-tune", name: str | None = None) -> FileObject:
+        """Upload a local file (streamed from disk) and return it validated: `status` is `processed` or
+        `error`, and `report_summary` says why."""
+        path = Path(file).expanduser()
+        if not path.is_file():
+            from preftune.errors import InvalidRequestError
+
+            raise InvalidRequestError(f"no such file: {path}", param="file")
+        data: dict[str, Any] = {"purpose": purpose}
+        if name is not None:
+            data["name"] = name
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        with path.open("rb") as handle:
+            body = self._t.request(
+                "POST", "/files", files={"file": (path.name, handle, content_type)}, data=data
+            )
+        return FileObject.model_validate(body)
+
+    def list(self, *, limit: int | None = None, after: str | None = None) -> Page[FileObject]:
+        """Your files, newest first. Iterate the page to walk every later page too."""
+        body = self._t.request("GET", "/files", params={"limit": limit, "after": after})
+        return Page(
+            [FileObject.model_validate(item) for item in body["data"]],
+            bool(body.get("has_more")),
+            lambda cursor: self.list(limit=limit, after=cursor),
+        )
+
+    def retrieve(self, file_id: str) -> FileObject:
+        return FileObject.model_validate(self._t.request("GET", f"/files/{file_id}"))
+
+    def report(self, file_id: str) -> dict[str, Any]:
+        """The full validation report: counts, per-line errors (line, field, message), warnings, token stats."""
+        body: dict[str, Any] = self._t.request("GET", f"/files/{file_id}/report")
+        return body
+
+    def content(self, file_id: str) -> bytes:
+        """The file's bytes exactly as uploaded."""
+        with self._t.stream(f"/files/{file_id}/content") as response:
+            return response.read()
+
+    def download(self, file_id: str, path: str | Path) -> Path:
+        """Stream the file's content to `path` without holding it in memory."""
+        target = Path(path).expanduser()
+        with self._t.stream(f"/files/{file_id}/content") as response, target.open("wb") as out:
+            for chunk in response.iter_bytes(1 << 20):
+                out.write(chunk)
+        return target
+
+    def delete(self, file_id: str) -> DeletedObject:
+        return DeletedObject.model_validate(self._t.request("DELETE", f"/files/{file_id}"))
