@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import typer
+
+from preftune.cli.common import (
+    JSON_OPTION,
+    console,
+    handle_errors,
+    make_client,
+    print_fields,
+    print_json,
+    print_table,
+)
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -13,3 +26,121 @@ except ModuleNotFoundError as exc:  # pragma: no cover - only while the module i
         raise
 else:
     app.command("check")(check)
+
+FILE_FIELDS = [
+    "id",
+    "filename",
+    "name",
+    "bytes",
+    "status",
+    "status_details",
+    "format",
+    "n_examples",
+    "sha256",
+    "created_at",
+]
+
+
+def _print_report(report: dict) -> None:  # type: ignore[type-arg]
+    errors = report.get("errors") or []
+    warnings = report.get("warnings") or []
+    counts = {k: v for k, v in report.items() if not isinstance(v, dict | list)}
+    for key, value in counts.items():
+        console.print(f"[bold]{key}[/]: {value}", highlight=False)
+    if errors:
+        print_table(
+            "errors",
+            ["line", "field", "message"],
+            [[e.get("line"), e.get("field"), e.get("message")] for e in errors],
+        )
+    if warnings:
+        print_table("warnings", ["warning"], [[w if isinstance(w, str) else str(w)] for w in warnings])
+
+
+@app.command("upload")
+@handle_errors
+def upload(
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="JSONL data file."),
+    name: str | None = typer.Option(None, "--name", help="A dataset name (lowercase letters, digits, '-')."),
+    purpose: str = typer.Option("fine-tune", "--purpose", help="Only fine-tune is supported."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Upload a data file; the server validates it (status processed or error)."""
+    with make_client() as client:
+        file = client.files.upload(path, purpose=purpose, name=name)
+    if as_json:
+        print_json(file)
+    else:
+        print_fields(file, FILE_FIELDS)
+        if file.status == "error":
+            console.print(f"[red]validation failed[/]: see `preftune files retrieve {file.id} --report`")
+    if file.status == "error":
+        raise typer.Exit(2)
+
+
+@app.command("list")
+@handle_errors
+def list_files(
+    limit: int = typer.Option(20, "--limit", min=1, max=100, help="Files per page."),
+    after: str | None = typer.Option(None, "--after", help="Cursor: the last file id of the previous page."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Your uploaded files, newest first."""
+    with make_client() as client:
+        page = client.files.list(limit=limit, after=after)
+    if as_json:
+        print_json({"data": page.data, "has_more": page.has_more})
+        return
+    print_table(
+        None,
+        ["id", "filename", "name", "bytes", "status", "examples", "created"],
+        [[f.id, f.filename, f.name, f.bytes, f.status, f.n_examples, f.created_at] for f in page.data],
+    )
+    if page.has_more:
+        console.print(f"more: preftune files list --after {page.last_id}")
+
+
+@app.command("retrieve")
+@handle_errors
+def retrieve(
+    file_id: str = typer.Argument(..., help="file-… id"),
+    report: bool = typer.Option(False, "--report", help="Show the full validation report."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """One file's details; with --report, every validation error and warning."""
+    with make_client() as client:
+        file = client.files.retrieve(file_id)
+        full = client.files.report(file_id) if report else None
+    if as_json:
+        print_json({**file.model_dump(mode="json"), "report": full} if report else file)
+        return
+    print_fields(file, FILE_FIELDS)
+    if full is not None:
+        _print_report(full)
+
+
+@app.command("content")
+@handle_errors
+def content(
+    file_id: str = typer.Argument(..., help="file-… id"),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write here instead of stdout."),
+) -> None:
+    """Download a file's content exactly as uploaded."""
+    with make_client() as client:
+        if output is not None:
+            client.files.download(file_id, output)
+            console.print(f"wrote {output}")
+        else:
+            sys.stdout.buffer.write(client.files.content(file_id))
+
+
+@app.command("delete")
+@handle_errors
+def delete(file_id: str = typer.Argument(..., help="file-… id"), as_json: bool = JSON_OPTION) -> None:
+    """Delete a file (jobs that used it keep their results)."""
+    with make_client() as client:
+        deleted = client.files.delete(file_id)
+    if as_json:
+        print_json(deleted)
+    else:
+        console.print(f"deleted {deleted.id}")

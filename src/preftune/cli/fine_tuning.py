@@ -1,0 +1,422 @@
+"""`preftune fine-tuning ...`: create, follow, cancel and download jobs on a server.
+
+`create`'s flags are generated from `TrainingSpec.model_fields`, so their names, help
+and defaults can never drift from the trainer's. A flag left out is not sent: the server
+fills in `TrainingSpec`'s default (shown in `--help`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import typer
+from pydantic import SecretStr
+from pydantic.fields import FieldInfo
+from rich.console import Group
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from preftune.cli.common import (
+    JSON_OPTION,
+    console,
+    fmt_number,
+    fmt_time,
+    handle_errors,
+    make_client,
+    print_fields,
+    print_json,
+    print_table,
+)
+from preftune.training.spec import TrainingSpec
+
+app = typer.Typer(no_args_is_help=True)
+
+JOB_FIELDS = [
+    "id",
+    "status",
+    "model",
+    "training_file",
+    "validation_file",
+    "output_name",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "attempts",
+    "progress",
+    "latest_metrics",
+    "error",
+]
+# Metrics shown by `watch` and `retrieve`, with TRL's names.
+WATCH_METRICS = [
+    "loss",
+    "rewards/accuracies",
+    "rewards/margins",
+    "rewards/chosen",
+    "rewards/rejected",
+    "learning_rate",
+    "grad_norm",
+]
+
+
+# --- create: one option per TrainingSpec field ----------------------------------------------
+def _cli_type(annotation: Any) -> Any:
+    """The type Typer parses a knob as (None means the flag was not given)."""
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in args if a is not type(None)]
+        literals = [a for a in members if typing.get_origin(a) is Literal]
+        if bool in members and literals:  # bool | Literal["auto"]: accept true/false/auto
+            return str
+        if len(members) == 1:
+            inner = members[0]
+            return str if inner is SecretStr else inner
+        return str
+    return annotation
+
+
+def _spec_parameter(name: str, field: FieldInfo) -> inspect.Parameter:
+    flag = "--" + name.replace("_", "-")
+    cli_type = _cli_type(field.annotation)
+    default = field.get_default(call_default_factory=True)
+    shown = "set" if isinstance(default, SecretStr) else default
+    help_text = f"{field.description or ''} (default: {shown})".strip()
+    decl = f"{flag}/--no-{flag[2:]}" if cli_type is bool else flag
+    group = (
+        (field.json_schema_extra or {}).get("group", "advanced")
+        if isinstance(field.json_schema_extra, dict)
+        else None
+    )
+    option = typer.Option(
+        None,
+        decl,
+        help=help_text,
+        show_default=False,
+        rich_help_panel=f"Hyperparameters: {group}" if group else None,
+    )
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=cli_type | None)
+
+
+def _parse_knob(name: str, value: Any) -> Any:
+    """`bool | Literal["auto"]` knobs arrive as text: true/false become booleans, auto stays."""
+    annotation = TrainingSpec.model_fields[name].annotation
+    if isinstance(value, str) and bool in typing.get_args(annotation) and value.lower() in {"true", "false"}:
+        return value.lower() == "true"
+    return value
+
+
+@handle_errors
+def _create(
+    *,
+    training_file: str,
+    model: str,
+    validation_file: str | None,
+    idempotency_key: str | None,
+    json_output: bool,
+    **knobs: Any,
+) -> None:
+    params = {name: _parse_knob(name, value) for name, value in knobs.items() if value is not None}
+    with make_client() as client:
+        job = client.fine_tuning.create(
+            training_file=training_file,
+            model=model,
+            validation_file=validation_file,
+            idempotency_key=idempotency_key,
+            **params,
+        )
+    if json_output:
+        print_json(job)
+        return
+    console.print(f"created [bold]{job.id}[/] ({job.status}) on {job.model}")
+    console.print(f"follow it: preftune fine-tuning watch {job.id}")
+
+
+def _build_create() -> Any:
+    fixed = [
+        inspect.Parameter(
+            "training_file",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=str,
+            default=typer.Option(..., "--training-file", "-t", help="Id of a processed file."),
+        ),
+        inspect.Parameter(
+            "model",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=str,
+            default=typer.Option(
+                ...,
+                "--model",
+                "-m",
+                help="Base model name or directory on the server (e.g. smollm2-135m-instruct).",
+            ),
+        ),
+        inspect.Parameter(
+            "validation_file",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=str | None,
+            default=typer.Option(None, "--validation-file", help="Id of a processed file to evaluate on."),
+        ),
+        inspect.Parameter(
+            "idempotency_key",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=str | None,
+            default=typer.Option(
+                None, "--idempotency-key", help="Repeat a create safely: the same key returns the same job."
+            ),
+        ),
+        inspect.Parameter(
+            "json_output", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=JSON_OPTION
+        ),
+    ]
+    knobs = [_spec_parameter(name, field) for name, field in TrainingSpec.model_fields.items()]
+
+    def create(**kwargs: Any) -> None:
+        """Queue a fine-tuning job (every TrainingSpec knob is a flag; see --help)."""
+        _create(**kwargs)
+
+    params = fixed + knobs
+    create.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    create.__annotations__ = {p.name: p.annotation for p in params}
+    return create
+
+
+app.command("create")(_build_create())
+
+
+# --- the rest ---------------------------------------------------------------------------
+def _metric_summary(metrics: dict[str, Any] | None) -> str:
+    if not metrics:
+        return "-"
+    return "  ".join(f"{k}={fmt_number(metrics[k])}" for k in WATCH_METRICS if metrics.get(k) is not None)
+
+
+@app.command("list")
+@handle_errors
+def list_jobs(
+    limit: int = typer.Option(20, "--limit", min=1, max=100, help="Jobs per page."),
+    after: str | None = typer.Option(None, "--after", help="Cursor: the last job id of the previous page."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Your jobs, newest first."""
+    with make_client() as client:
+        page = client.fine_tuning.list(limit=limit, after=after)
+    if as_json:
+        print_json({"data": page.data, "has_more": page.has_more})
+        return
+    print_table(
+        None,
+        ["id", "status", "model", "step", "output", "created"],
+        [
+            [
+                j.id,
+                j.status,
+                j.model,
+                f"{j.progress.step}/{j.progress.total_steps or '?'}",
+                j.output_name,
+                fmt_time(j.created_at),
+            ]
+            for j in page.data
+        ],
+    )
+    if page.has_more:
+        console.print(f"more: preftune fine-tuning list --after {page.last_id}")
+
+
+@app.command("retrieve")
+@handle_errors
+def retrieve(job_id: str = typer.Argument(..., help="ftjob-… id"), as_json: bool = JSON_OPTION) -> None:
+    """A job's status, progress, latest metrics, hyperparameters and error."""
+    with make_client() as client:
+        job = client.fine_tuning.retrieve(job_id)
+    if as_json:
+        print_json(job)
+        return
+    print_fields(job, JOB_FIELDS)
+    console.print("[bold]hyperparameters[/]:")
+    for key, value in sorted(job.hyperparameters.items()):
+        console.print(f"  {key} = {value}", highlight=False)
+
+
+@app.command("cancel")
+@handle_errors
+def cancel(job_id: str = typer.Argument(..., help="ftjob-… id"), as_json: bool = JSON_OPTION) -> None:
+    """Stop a job; it keeps its last checkpoint."""
+    with make_client() as client:
+        job = client.fine_tuning.cancel(job_id)
+    if as_json:
+        print_json(job)
+    else:
+        console.print(f"{job.id}: {job.status}")
+
+
+@app.command("list-events")
+@handle_errors
+def list_events(
+    job_id: str = typer.Argument(..., help="ftjob-… id"),
+    after: str | None = typer.Option(None, "--after", help="Only events after this event id."),
+    limit: int = typer.Option(100, "--limit", min=1, max=1000),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """A job's events, oldest first."""
+    with make_client() as client:
+        page = client.fine_tuning.list_events(job_id, after=after, limit=limit)
+    if as_json:
+        print_json({"data": page.data, "has_more": page.has_more})
+        return
+    print_table(
+        None,
+        ["time", "type", "level", "message"],
+        [[fmt_time(e.created_at), e.type, e.level, e.message] for e in page.data],
+    )
+
+
+@app.command("list-metrics")
+@handle_errors
+def list_metrics(job_id: str = typer.Argument(..., help="ftjob-… id"), as_json: bool = JSON_OPTION) -> None:
+    """Per-step training metrics."""
+    with make_client() as client:
+        points = client.fine_tuning.list_metrics(job_id)
+    if as_json:
+        print_json(points)
+        return
+    rows = [p.model_dump() for p in points]
+    columns = ["step", *[k for k in WATCH_METRICS if any(k in r for r in rows)]]
+    print_table(None, columns, [[r.get(c) for c in columns] for r in rows])
+
+
+@app.command("list-checkpoints")
+@handle_errors
+def list_checkpoints(
+    job_id: str = typer.Argument(..., help="ftjob-… id"), as_json: bool = JSON_OPTION
+) -> None:
+    """A job's saved checkpoints (use with --from-checkpoint JOB_ID:STEP or download --step)."""
+    with make_client() as client:
+        checkpoints = client.fine_tuning.list_checkpoints(job_id)
+    if as_json:
+        print_json(checkpoints)
+        return
+    print_table(
+        None,
+        ["id", "step", "created", "metrics"],
+        [[c.id, c.step, fmt_time(c.created_at), _metric_summary(c.metrics)] for c in checkpoints],
+    )
+
+
+@app.command("download")
+@handle_errors
+def download(
+    job_id: str = typer.Argument(..., help="ftjob-… id"),
+    output: Path = typer.Option(..., "-o", "--output", help="Directory to write the files into."),
+    artifact: str = typer.Option("adapter", "--artifact", help="adapter, merged or checkpoint."),
+    step: int | None = typer.Option(None, "--step", help="With --artifact checkpoint: which step."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Download the trained adapter (or merged model, or a checkpoint) into a directory."""
+    with make_client() as client:
+        if as_json:
+            path = client.fine_tuning.download(job_id, output, artifact=artifact, step=step)
+            print_json({"job_id": job_id, "artifact": artifact, "path": str(path)})
+            return
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task(f"{artifact} of {job_id}", total=None)
+
+            def update(done: int, total: int | None) -> None:
+                progress.update(task, completed=done, total=total)
+
+            path = client.fine_tuning.download(
+                job_id, output, artifact=artifact, step=step, on_progress=update
+            )
+    console.print(f"wrote {path}")
+
+
+def _watch_view(job: Any, events: list[Any]) -> Group:
+    progress = job.progress
+    total = progress.total_steps or 0
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("epoch {task.fields[epoch]}"),
+        TextColumn("ETA {task.fields[eta]}"),
+    )
+    eta = (
+        "-" if progress.eta_seconds is None else time.strftime("%H:%M:%S", time.gmtime(progress.eta_seconds))
+    )
+    bar.add_task(
+        job.status, total=total or None, completed=progress.step, epoch=fmt_number(progress.epoch), eta=eta
+    )
+    metrics = Table.grid(padding=(0, 2))
+    latest = job.latest_metrics or {}
+    metrics.add_row(
+        *[Text(f"{k} {fmt_number(latest.get(k))}") for k in ("loss", "rewards/accuracies", "rewards/margins")]
+    )
+    header = Text(f"{job.id}  {job.model}  attempts {job.attempts}", style="dim")
+    recent = Table(show_header=False, box=None)
+    for event in events[-8:]:
+        recent.add_row(fmt_time(event.created_at), event.type, event.message)
+    return Group(header, bar, metrics, recent)
+
+
+@app.command("watch")
+@handle_errors
+def watch(
+    job_id: str = typer.Argument(..., help="ftjob-… id"),
+    interval: float = typer.Option(2.0, "--interval", min=0.2, help="Seconds between polls."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Follow a job live: progress bar with ETA, loss and reward accuracy, events as they arrive.
+    Exits 0 when the job completes, 1 if it fails or is cancelled."""
+    events: list[Any] = []
+    last_event: str | None = None
+    with make_client() as client:
+
+        def poll() -> Any:
+            nonlocal last_event
+            for event in client.fine_tuning.list_events(job_id, after=last_event):
+                events.append(event)
+                last_event = event.id
+                if as_json:
+                    print_json({"event": event})
+            return client.fine_tuning.retrieve(job_id)
+
+        if as_json:
+            job = poll()
+            while not job.done:
+                time.sleep(interval)
+                job = poll()
+            print_json({"job": job})
+        else:
+            job = poll()
+            with Live(_watch_view(job, events), console=console, refresh_per_second=4) as live:
+                while not job.done:
+                    time.sleep(interval)
+                    job = poll()
+                    live.update(_watch_view(job, events))
+            console.print(
+                f"{job.id}: [bold]{job.status}[/]"
+                + (f" -> {job.output_name}" if job.output_name else "")
+                + (f"\n{job.error.message}" if job.error else "")
+            )
+    if job.status != "completed":
+        raise typer.Exit(1)
