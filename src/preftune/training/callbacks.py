@@ -21,7 +21,7 @@ EVENT_TYPES = (TRAINING_START, CHECKPOINT_SAVE, EPOCH_COMPLETE, EVAL, TRAINING_C
 class TrainCallbacks:
     """No-op base class: the trainer's hooks for progress, events and cancellation."""
 
-    def on_event(self, type: str, message: str, data: dict[str, Any]) -> None:  # noqa: A002 - contract name
+    def on_event(self, type: str, message: str, data: dict[str, Any]) -> None:
         """A milestone: one of `EVENT_TYPES`, a sentence for people, and JSON-able details."""
 
     def on_step(self, metrics: dict[str, Any]) -> None:
@@ -39,7 +39,7 @@ class CallbackList(TrainCallbacks):
     def __init__(self, callbacks: list[TrainCallbacks]) -> None:
         self.callbacks = callbacks
 
-    def on_event(self, type: str, message: str, data: dict[str, Any]) -> None:  # noqa: A002
+    def on_event(self, type: str, message: str, data: dict[str, Any]) -> None:
         for callback in self.callbacks:
             callback.on_event(type, message, data)
 

@@ -1,0 +1,187 @@
+"""`preftune train`: one local training run, no server, with a live progress bar.
+
+Every `TrainingSpec` knob is a flag (generated from the spec, as for `fine-tuning create`);
+`--config spec.yaml` supplies knobs from a file, and flags given on the command line win over
+it. Ctrl-C stops at the next micro-batch and keeps the last checkpoint: `--resume` continues.
+"""
+
+from __future__ import annotations
+
+import inspect
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from preftune.cli.common import console, handle_errors
+from preftune.cli.fine_tuning import _parse_knob, _spec_parameter
+from preftune.training.callbacks import TrainCallbacks
+from preftune.training.spec import TrainingSpec
+
+
+def _fmt_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-:--:--"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class ProgressDisplay(TrainCallbacks):
+    """Rich progress bar (step, loss, reward accuracy, pairs/s, ETA) and one line per milestone.
+
+    The first Ctrl-C asks the trainer to stop cleanly; a second one interrupts at once.
+    """
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: Any = None
+        self.stop_requested = False
+
+    def on_event(self, type: str, message: str, data: dict[str, Any]) -> None:
+        if type == "TRAINING_START":
+            self.task = self.progress.add_task(
+                "training", total=data["total_steps"], completed=data.get("start_step", 0), stats="", eta=""
+            )
+        self.progress.console.print(f"[dim]{type}[/] {message}", highlight=False)
+
+    def on_step(self, metrics: dict[str, Any]) -> None:
+        if self.task is None or metrics.get("split") == "eval":
+            return
+        parts = [f"loss {metrics['loss']:.4f}"]
+        if metrics.get("rewards/accuracies") is not None:
+            parts.append(f"acc {metrics['rewards/accuracies']:.2f}")
+        rate = metrics.get("pairs_per_s", metrics.get("examples_per_s"))
+        unit = "pairs/s" if "pairs_per_s" in metrics else "ex/s"
+        if rate is not None:
+            parts.append(f"{rate:.2f} {unit}")
+        self.progress.update(
+            self.task,
+            completed=metrics["step"],
+            stats="  ".join(parts),
+            eta=_fmt_eta(metrics.get("eta_seconds")),
+        )
+
+    def should_stop(self) -> bool:
+        return self.stop_requested
+
+    def interrupt(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop_requested:
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        self.progress.console.print("[yellow]stopping after this micro-batch (Ctrl-C again to abort)[/]")
+
+
+def collect_spec(config: Path | None, knobs: dict[str, Any]) -> TrainingSpec:
+    """Spec defaults, then the config file, then the flags that were given."""
+    base: dict[str, Any] = {}
+    if config is not None:
+        base = TrainingSpec.from_yaml(config).model_dump(exclude_unset=True)
+    flags = {name: _parse_knob(name, value) for name, value in knobs.items() if value is not None}
+    return TrainingSpec.from_params({**base, **flags})
+
+
+@handle_errors
+def _train(
+    *,
+    training_file: Path,
+    model: str,
+    output_dir: Path,
+    validation_file: Path | None,
+    config: Path | None,
+    resume: bool,
+    **knobs: Any,
+) -> None:
+    from preftune.config import Settings
+    from preftune.training.trainer import train
+
+    spec = collect_spec(config, knobs)
+    columns = (
+        TextColumn("step"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TextColumn("eta {task.fields[eta]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        display = ProgressDisplay(progress)
+        previous = signal.signal(signal.SIGINT, display.interrupt)
+        try:
+            result = train(
+                spec,
+                model=model,
+                training_file=training_file,
+                output_dir=output_dir,
+                validation_file=validation_file,
+                models_dir=Settings().models_dir,
+                resume=resume,
+                callbacks=display,
+            )
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    if result.stopped:
+        console.print(f"stopped at step {result.steps}/{result.total_steps}; continue with --resume")
+        raise typer.Exit(130)
+    final = result.adapter_path or result.model_path
+    console.print(f"[green]done[/]: {result.steps} steps; weights in {final}")
+    if result.merged_path:
+        console.print(f"merged model in {result.merged_path}")
+    console.print(f"metrics: {output_dir / 'metrics.jsonl'}  report: {result.report_path}")
+
+
+def _option(name: str, annotation: Any, option: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=option)
+
+
+def build_command() -> Any:
+    fixed = [
+        _option("training_file", Path, typer.Option(..., "--training-file", "-t", help="JSONL data file.")),
+        _option(
+            "model",
+            str,
+            typer.Option(
+                "smollm2-135m-instruct",
+                "--model",
+                "-m",
+                help="Base model: smollm2-135m-instruct (embedded), a Hugging Face model directory, or a hub id "
+                "already in the local cache.",
+            ),
+        ),
+        _option(
+            "output_dir",
+            Path,
+            typer.Option(..., "--output-dir", "-o", help="Where metrics, checkpoints and weights go."),
+        ),
+        _option(
+            "validation_file",
+            Path | None,
+            typer.Option(None, "--validation-file", help="Data to evaluate on (n_evals times)."),
+        ),
+        _option(
+            "config",
+            Path | None,
+            typer.Option(None, "--config", help="YAML file of knobs (flags on the command line win)."),
+        ),
+        _option(
+            "resume",
+            bool,
+            typer.Option(False, "--resume", help="Continue from the last checkpoint in --output-dir."),
+        ),
+    ]
+    knobs = [_spec_parameter(name, field) for name, field in TrainingSpec.model_fields.items()]
+
+    def train_command(**kwargs: Any) -> None:
+        """Train locally: DPO, SimPO, RPO or SFT, with LoRA or full fine-tuning."""
+        _train(**kwargs)
+
+    params = fixed + knobs
+    train_command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    train_command.__annotations__ = {p.name: p.annotation for p in params}
+    return train_command
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(build_command())

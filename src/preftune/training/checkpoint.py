@@ -1,0 +1,120 @@
+"""Checkpoints: weights, optimizer, scheduler, RNG states and data position, written atomically.
+
+A checkpoint directory `checkpoints/step-N/` is built under a temporary name and renamed into
+place, so a process killed at any moment leaves either a complete checkpoint or none. Its weights
+are in the usual formats (a PEFT adapter, or a full `save_pretrained` model with the tokenizer),
+so a checkpoint is also a valid `from_checkpoint` and can be served as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from preftune.training.modeling import Policy
+
+STATE_FILE = "trainer_state.pt"
+STEP_DIR_RE = re.compile(r"^step-(\d+)$")
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `final`; on success it replaces `final` in one rename."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if final.exists():
+            # A directory cannot be replaced over a non-empty one: move the old one aside first.
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}-old-", dir=final.parent))
+            os.replace(final, old / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_weights(policy: Policy, directory: Path) -> None:
+    """The trainable state in its usual format (adapter or full model), with the tokenizer."""
+    model: Any = policy.model
+    if policy.lora:
+        model.save_pretrained(directory, selected_adapters=["default"])
+    else:
+        model.save_pretrained(directory, safe_serialization=True)
+    policy.tokenizer.save_pretrained(directory)
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(policy: Policy, checkpoints_dir: Path, step: int, state: dict[str, Any]) -> Path:
+    """Write `checkpoints/step-<step>/` with the weights and `state` (optimizer, scheduler, position...)."""
+    final = checkpoints_dir / f"step-{step}"
+    with atomic_dir(final) as tmp:
+        save_weights(policy, tmp)
+        torch.save({**state, "rng": rng_state()}, tmp / STATE_FILE)
+    return final
+
+
+def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    if not checkpoints_dir.is_dir():
+        return []
+    found = []
+    for path in checkpoints_dir.iterdir():
+        match = STEP_DIR_RE.match(path.name)
+        if match and (path / STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def load_checkpoint(policy: Policy, path: Path) -> dict[str, Any]:
+    """Load the weights of `path` into `policy` and return its trainer state (RNG not yet applied)."""
+    model: Any = policy.model
+    if policy.lora:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = load_file(str(path / "adapter_model.safetensors"), device=str(policy.device))
+        result = set_peft_model_state_dict(model, weights, adapter_name="default")
+        unexpected = list(getattr(result, "unexpected_keys", None) or [])
+        if unexpected:
+            raise RuntimeError(f"checkpoint {path} does not match this LoRA setup: {unexpected[:3]}")
+    else:
+        from transformers import AutoModelForCausalLM
+
+        saved = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model.load_state_dict(saved.state_dict())
+        del saved
+    state: dict[str, Any] = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    return state

@@ -1,0 +1,206 @@
+"""Load the policy: base model, optional starting point (`from_checkpoint`), LoRA or full weights.
+
+Also decides the device, the autocast precision and activation checkpointing, and provides
+`reference_mode()`, which makes the same model in memory act as the DPO reference:
+- LoRA from a fresh adapter: the adapters are disabled (the base model is the reference);
+- LoRA continuing an earlier adapter (SFT then DPO): a frozen copy of that adapter, loaded
+  under the name `reference`, is switched in (only the small LoRA weights are duplicated);
+- full fine-tuning has no reference mode: the trainer caches reference log-probs up front.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from preftune.errors import TrainingSpecError
+from preftune.training.spec import TrainingSpec
+
+REFERENCE_ADAPTER = "reference"
+
+
+@dataclass
+class StartPoint:
+    """What `from_checkpoint` points at, once resolved."""
+
+    kind: Literal["adapter", "model"]
+    path: Path
+
+
+@dataclass
+class Policy:
+    model: nn.Module
+    tokenizer: Any
+    lora: bool
+    reference_adapter: bool  # a frozen copy of a starting adapter serves as the reference
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    gradient_checkpointing: bool
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def resolve_start_point(reference: str) -> StartPoint:
+    """Accept an earlier output dir (its adapter/ or model/), a checkpoint dir, an adapter dir or a model dir."""
+    root = Path(reference).expanduser()
+    if not root.is_dir():
+        raise TrainingSpecError(
+            f"from_checkpoint: directory {root} does not exist. Give an earlier run's output directory, "
+            "one of its checkpoints/step-N directories, or an adapter/model directory.",
+            param="from_checkpoint",
+        )
+    for candidate in (root / "adapter", root / "model", root):
+        if (candidate / "adapter_config.json").is_file():
+            return StartPoint("adapter", candidate)
+        if (candidate / "config.json").is_file():
+            return StartPoint("model", candidate)
+    steps = sorted(
+        (p for p in (root / "checkpoints").glob("step-*") if p.name[5:].isdigit()),
+        key=lambda p: int(p.name[5:]),
+    )
+    if steps:
+        return resolve_start_point(str(steps[-1]))
+    raise TrainingSpecError(
+        f"from_checkpoint: {root} holds no adapter (adapter_config.json), model (config.json) or checkpoints/. "
+        "Point it at an earlier run's output directory or one of its checkpoints.",
+        param="from_checkpoint",
+    )
+
+
+def select_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """bf16 matmuls beat fp32 on CPU only with native bf16 instructions (AVX512-BF16 or AMX)."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def select_autocast(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` (None means plain fp32)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
+def select_gradient_checkpointing(setting: bool | str, model: nn.Module, device: torch.device) -> bool:
+    """`auto`: only on a GPU whose memory the weights already fill a good part of.
+
+    Recomputing activations costs about a third more compute; on CPU, RAM is rarely the limit.
+    """
+    if isinstance(setting, bool):
+        return setting
+    if device.type != "cuda":
+        return False
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    total = torch.cuda.get_device_properties(device).total_memory
+    return weights * 4 > total  # weights + grads + two Adam moments already fill the card
+
+
+def set_threads() -> None:
+    """Use the cores this process may run on (containers often allow fewer than the machine has)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    torch.set_num_threads(max(1, cores))
+
+
+def _target_modules(spec: TrainingSpec) -> str | list[str]:
+    if spec.lora_trainable_modules == "all-linear":
+        return "all-linear"
+    return spec.lora_trainable_modules.split(",")
+
+
+def load_policy(spec: TrainingSpec, base_path: Path, device: torch.device) -> Policy:
+    """Build the model to train, already on `device`, with only the trainable weights requiring grad."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = resolve_start_point(spec.from_checkpoint) if spec.from_checkpoint else None
+    weights_path = start.path if start is not None and start.kind == "model" else base_path
+    tokenizer = AutoTokenizer.from_pretrained(weights_path)
+    if getattr(tokenizer, "chat_template", None) is None:
+        tokenizer = AutoTokenizer.from_pretrained(base_path)
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        weights_path, dtype=torch.float32, attn_implementation="sdpa"
+    )
+    model.config.use_cache = False
+    reference_adapter = False
+    if start is not None and start.kind == "adapter":
+        from peft import PeftModel
+
+        if spec.lora:
+            model = PeftModel.from_pretrained(model, start.path, is_trainable=True)
+            if spec.needs_reference:
+                model.load_adapter(str(start.path), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+                reference_adapter = True
+        else:
+            model = PeftModel.from_pretrained(model, start.path).merge_and_unload()
+    elif spec.lora:
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(spec.seed)  # LoRA's A matrices are initialised randomly
+        try:
+            config = LoraConfig(
+                r=spec.lora_r,
+                lora_alpha=spec.lora_alpha,
+                lora_dropout=spec.lora_dropout,
+                target_modules=_target_modules(spec),
+                task_type="CAUSAL_LM",
+            )
+            model = get_peft_model(model, config)
+        except ValueError as exc:
+            raise TrainingSpecError(
+                f"lora_trainable_modules: {exc}. Use all-linear or names such as q_proj,v_proj.",
+                param="lora_trainable_modules",
+            ) from None
+    lora = spec.lora
+    if lora:
+        # Keep the trainable adapter active (loading the reference copy may not change that, but be explicit).
+        model.set_adapter("default")
+    model.to(device)
+    checkpointing = select_gradient_checkpointing(spec.gradient_checkpointing, model, device)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if lora:
+            model.enable_input_require_grads()
+    return Policy(
+        model=model,
+        tokenizer=tokenizer,
+        lora=lora,
+        reference_adapter=reference_adapter,
+        device=device,
+        autocast_dtype=select_autocast(spec.precision, device),
+        gradient_checkpointing=checkpointing,
+    )
+
+
+@contextlib.contextmanager
+def reference_mode(policy: Policy) -> Iterator[None]:
+    """Make the LoRA policy compute reference log-probs for the duration (call under no_grad)."""
+    model: Any = policy.model
+    if not policy.lora:
+        raise RuntimeError("full fine-tuning uses cached reference log-probs, not reference_mode")
+    if policy.reference_adapter:
+        model.set_adapter(REFERENCE_ADAPTER)
+        try:
+            yield
+        finally:
+            # set_adapter also flips requires_grad: this puts the trainable adapter back as it was.
+            model.set_adapter("default")
+    else:
+        with model.disable_adapter():
+            yield
