@@ -99,3 +99,12 @@ def test_vendored_libraries_are_recorded_with_their_licenses() -> None:
         assert (vendor / name).is_file() and name in versions
     assert (vendor / "LICENSE.uPlot").is_file() and (vendor / "LICENSE.diff").is_file()
     assert "MIT" in (vendor / "uPlot.iife.min.js").read_text()[:200]
+
+
+def test_console_has_no_remote_urls() -> None:
+    # Offline by design: nothing in the console may load from another origin at run time.
+    for path in console.WEB_DIR.rglob("*"):
+        if path.suffix in {".html", ".js", ".css"} and "vendor" not in path.parts:
+            text = path.read_text(encoding="utf-8")
+            assert not re.search(r"""(src|href)\s*=\s*["']https?://""", text), path
+            assert "cdn." not in text, path

@@ -172,7 +172,7 @@ function reportView(file, report, model) {
   const errors = report.errors || [];
   const warnings = report.warnings || [];
   const parts = [
-    h("div.row.spread", h("h2", file.name || file.filename), badge(ok ? "processed" : "error")),
+    h("div.row.spread", h("h2", { style: "margin-top:0" }, file.name || file.filename), badge(ok ? "processed" : "error")),
     h("div.stats",
       stat("Examples", report.n_examples ?? file.n_examples ?? "—"),
       stat("Format", report.format ?? file.format ?? "—"),
@@ -206,7 +206,7 @@ function issueTable(items, what) {
 /** Token-length histograms for prompt / preferred / non-preferred when the report carries them. */
 function tokenStats(report, model) {
   const stats = report.token_stats || report.token_lengths || null;
-  if (!model && !stats) return h("p.muted", "Pick a model when creating the dataset to see token-length histograms.");
+  if (!model && !stats) return h("p.muted", "Pick a model above to see token-length histograms of prompts and answers.");
   if (!stats) {
     return h("p.muted", `The server returned no token statistics for ${model}; the counts above are complete.`);
   }
@@ -278,7 +278,7 @@ async function loadPreview(section, file) {
   }
   const list = h("div");
   section.replaceChildren(h("h2", `Preview (first ${records.length} examples)`),
-    note ? h("p.muted", note) : null,
+    h("p.muted", note || ""),
     h("p.muted", "The preferred and non-preferred answers side by side; words only in one of them are highlighted."),
     list);
   records.forEach((r, i) => list.append(exampleView(normalise(r), i + 1)));

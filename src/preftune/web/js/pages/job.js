@@ -44,6 +44,12 @@ export function seriesFrom(rows) {
   return out;
 }
 
+/** Short tick labels: 3 significant digits, exponent form for tiny values such as learning rates. */
+function axisNum(v) {
+  if (v === 0) return "0";
+  return Math.abs(v) < 1e-3 ? v.toExponential(1) : String(Number(v.toPrecision(3)));
+}
+
 /** A chart panel that owns one uPlot instance and redraws it when the series change. */
 class Chart {
   constructor(title) {
@@ -73,7 +79,7 @@ class Chart {
       width,
       height: 200,
       scales: { x: { time: false } },
-      axes: [{ label: "step" }, { size: 60, values: (u, ticks) => ticks.map(fmtNum) }],
+      axes: [{ label: "step" }, { size: 64, values: (u, ticks) => ticks.map(axisNum) }],
       series: [{ label: "step" }, ...data.names.map((name, i) => ({
         label: name,
         stroke: COLORS[i % COLORS.length],
@@ -149,8 +155,8 @@ export function render(main, { params: [id] }) {
   function drawHeader(j) {
     const cancel = ACTIVE.has(j.status) && j.status !== "cancel_requested"
       ? h("button.danger", { type: "button", onclick: () => cancelJob(j) }, "Cancel job") : null;
-    header.replaceChildren(
-      h("div.row.spread", h("h1.mono", j.id), h("div.row", badge(j.status), cancel)),
+    header.replaceChildren(...[
+      h("div.row.spread", h("h1.mono", j.id), h("div.row", h("span", { "data-testid": "job-status" }, badge(j.status)), cancel)),
       h("div.panel.row.spread",
         h("div", h("div.muted", "Model"), h("div.mono", j.model)),
         h("div", h("div.muted", "Method"), h("div", methodName(j.hyperparameters || {}))),
@@ -161,7 +167,8 @@ export function render(main, { params: [id] }) {
           h("div", j.started_at ? fmtDuration((j.finished_at || Date.now() / 1000) - j.started_at) : "—"))),
       j.output_name ? h("p", "Fine-tuned model: ", h("code", j.output_name), " ",
         j.status === "completed" ? h("a", { href: `#/playground?model=${encodeURIComponent(j.output_name)}&base=${encodeURIComponent(j.model)}` }, "Try it in the playground") : null) : null,
-      j.error ? h("div.alert.error", { role: "alert" }, `${j.error.code ? `${j.error.code}: ` : ""}${j.error.message}`) : null);
+      j.error ? h("div.alert.error", { role: "alert" }, `${j.error.code ? `${j.error.code}: ` : ""}${j.error.message}`) : null,
+    ].filter(Boolean));
   }
 
   async function cancelJob(j) {
@@ -176,10 +183,14 @@ export function render(main, { params: [id] }) {
   }
 
   function drawEvents(list) {
-    events.replaceChildren(...(list.length ? list : [{ message: "No events yet." }]).map((e) => h("li",
+    // Oldest first, like a log; the API may list newest first (OpenAI's order).
+    const ordered = [...list].sort((a, b) => (a.seq ?? a.created_at ?? 0) - (b.seq ?? b.created_at ?? 0));
+    const stick = events.scrollTop + events.clientHeight >= events.scrollHeight - 4;
+    events.replaceChildren(...(ordered.length ? ordered : [{ message: "No events yet." }]).map((e) => h(`li.${e.level || "info"}`,
       e.created_at ? h("span.muted", `${new Date(e.created_at * 1000).toLocaleTimeString()} `) : null,
       e.type ? h("code", e.type) : null, e.type ? " " : null,
       e.message ?? "")));
+    if (stick) events.scrollTop = events.scrollHeight;
   }
 
   function drawCheckpoints(j, list) {
@@ -199,12 +210,12 @@ export function render(main, { params: [id] }) {
     };
     const rows = list.map((c) => h("tr",
       h("td", `step ${c.step}`), h("td.hide-narrow", fmtTime(c.created_at)),
-      h("td.row", get("checkpoint", c.step, `Download step ${c.step}`), cont(c.step))));
+      h("td", h("div.row", get("checkpoint", c.step, `Download step ${c.step}`), cont(c.step)))));
     const outputs = done ? h("div.row", { style: "margin-bottom:10px" },
       get(hp.lora === false ? "adapter" : "adapter", undefined, hp.lora === false ? "Download model" : "Download adapter"),
       hp.merge ? get("merged", undefined, "Download merged model") : null,
       cont(undefined)) : null;
-    checkpoints.replaceChildren(outputs || h("span"),
+    checkpoints.replaceChildren(outputs || "",
       rows.length ? h("table", h("thead", h("tr", h("th", "Checkpoint"), h("th.hide-narrow", "Saved"), h("th", h("span.muted", "Actions")))), h("tbody", rows))
         : h("p.muted", active ? "Checkpoints appear here as they are saved." : "No checkpoints were saved."));
   }

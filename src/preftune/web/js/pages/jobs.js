@@ -273,7 +273,7 @@ function buildForm(main, schema, files, models, query) {
   function fail(err) {
     const target = err.param ? knobs.get(err.param) || fixed[err.param] : null;
     formError.replaceChildren(h("div.alert.error", { role: "alert" },
-      err.param ? `${err.param}: ${err.message}` : err.message));
+      err.param && !err.message.includes(err.param) ? `${err.param}: ${err.message}` : err.message));
     if (target) {
       target.mark(err.message);
       const details = target.el.closest("details");

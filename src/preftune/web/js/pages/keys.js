@@ -6,6 +6,8 @@ import { confirmAction, errorBox, flash, fmtTime, h, nextId } from "../ui.js";
 export function render(main) {
   const nameId = nextId("keyname");
   const name = h("input", { id: nameId, type: "text", required: true, maxlength: 100, placeholder: "e.g. laptop, ci" });
+  const ownerId = nextId("owner");
+  const newOwner = h("input", { id: ownerId, type: "checkbox", "aria-describedby": `${ownerId}-help` });
   const created = h("div", { "aria-live": "polite" });
   const list = h("div", h("p.muted", "Loading keys…"));
   const form = h("form.panel",
@@ -13,6 +15,9 @@ export function render(main) {
     h("div.row", { style: "align-items:flex-end" },
       h("div.field", { style: "flex:1; min-width:200px; margin:0" }, h("label", { for: nameId }, "Key name"), name),
       h("button.primary", { type: "submit" }, "Create key")),
+    h("div.field.check", { style: "margin-top:10px" }, newOwner, h("label", { for: ownerId }, "For a new user"),
+      h("div.help", { id: `${ownerId}-help` }, "Admins only: the key belongs to a new owner who cannot see your "
+        + "datasets, jobs or models. Otherwise the key is another key for you.")),
     created);
   main.append(h("h1", "API keys"), form, h("h2", "Your keys"), list);
   form.addEventListener("submit", async (e) => {
@@ -22,7 +27,7 @@ export function render(main) {
       return;
     }
     try {
-      const key = await api("/keys", { method: "POST", body: { name: name.value.trim() } });
+      const key = await api("/keys", { method: "POST", body: { name: name.value.trim(), ...(newOwner.checked ? { new_owner: true } : {}) } });
       const secret = key.key || key.secret || key.api_key;
       const copy = h("button", { type: "button", onclick: () => navigator.clipboard?.writeText(secret)
         .then(() => flash("Key copied.", "ok"), () => flash("Copy failed; select the key and copy it by hand.")) }, "Copy");
@@ -30,6 +35,7 @@ export function render(main) {
         h("p", { style: "margin-top:0" }, h("strong", "Copy this key now: it will not be shown again.")),
         h("code", { "data-testid": "new-key" }, secret), " ", copy));
       name.value = "";
+      newOwner.checked = false;
       load();
     } catch (err) {
       created.replaceChildren(errorBox(err, "Could not create the key"));
