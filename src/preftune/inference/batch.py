@@ -1,0 +1,332 @@
+"""Continuous batching for one base model: admit, prefill (in chunks), decode, retire.
+
+`ModelWorker.step()` is one scheduler iteration for one base model:
+1. drop requests whose client went away;
+2. if no prefill is under way and there is room, take waiting requests (loading their LoRA
+   adapters) into a prefill group, left-padded together;
+3. run one chunk of that group's prefill, so a long prompt never stalls the others' decoding
+   for long; when the group is done it samples its first tokens and joins the running batch;
+4. run one decode step for every running sequence at once, whatever adapter each uses;
+5. retire finished sequences and trim the cache.
+Only the engine thread calls `step()`; requests arrive through `submit()` from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from preftune.inference.adapters import AdapterCache
+from preftune.inference.detokenize import IncrementalText
+from preftune.inference.kv_batch import BatchKV
+from preftune.inference.prompts import end_of_turn_ids
+from preftune.inference.sampling import make_generator, sample_token
+from preftune.inference.types import Finished, FinishReason, SamplingParams, StreamEvent, TextDelta
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerConfig:
+    max_batch_size: int = 32
+    prefill_chunk: int = 512  # prompt tokens per prefill forward (per row)
+    prefill_token_budget: int = 8192  # padded prompt tokens admitted into one prefill group
+    adapter_cache_size: int = 8
+
+
+@dataclass
+class Sequence:
+    """One generation in flight. `emit` must be safe to call from the engine thread."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    max_new_tokens: int
+    adapter_path: Path | None
+    emit: Callable[[StreamEvent], None]
+    detok: IncrementalText
+    generator: torch.Generator
+    cancelled: bool = False
+    adapter: str = ""
+    generated: list[int] = field(default_factory=list)
+    position: int = 0  # rotary position of the next token fed to the model
+    done: bool = False
+
+
+@dataclass
+class _Prefill:
+    seqs: list[Sequence]
+    ids: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    cache: DynamicCache
+    done_cols: int = 0
+
+
+def load_model(path: Path, device: torch.device) -> tuple[Any, Any]:
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    # fp32 on CPU: bf16 matmuls are slower than fp32 on most CPUs; half precision on GPU.
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    model.to(device)  # type: ignore[arg-type]
+    model.eval()
+    return model, tokenizer
+
+
+class ModelWorker:
+    """One base model in memory, its LoRA adapters, and the batch of sequences running on it."""
+
+    def __init__(self, path: Path, device: torch.device, config: WorkerConfig) -> None:
+        self.path = path
+        self.device = device
+        self.config = config
+        self.model, self.tokenizer = load_model(path, device)
+        gen_config = getattr(self.model, "generation_config", None)
+        self.eos_ids = end_of_turn_ids(self.tokenizer, getattr(gen_config, "eos_token_id", None))
+        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+        self.adapters = AdapterCache(self.model, config.adapter_cache_size)
+        self._lock = threading.Lock()  # guards `waiting` (submit runs on other threads)
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.kv: BatchKV | None = None
+        self._prefill: _Prefill | None = None
+        self.steps = 0
+
+    # -- called from any thread ------------------------------------------------------------
+    def new_sequence(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        max_new_tokens: int,
+        adapter_path: Path | None,
+        emit: Callable[[StreamEvent], None],
+    ) -> Sequence:
+        return Sequence(
+            prompt_ids=prompt_ids,
+            params=params,
+            max_new_tokens=max_new_tokens,
+            adapter_path=adapter_path,
+            emit=emit,
+            detok=IncrementalText(self.tokenizer, params.stop),
+            generator=make_generator(params),
+        )
+
+    def submit(self, seq: Sequence) -> None:
+        with self._lock:
+            self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self._prefill)
+
+    def idle(self) -> bool:
+        return not self.has_work()
+
+    # -- engine thread only ----------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> None:
+        try:
+            self._drop_cancelled()
+            if self._prefill is None:
+                self._admit()
+            if self._prefill is not None:
+                self._prefill_chunk()
+            if self.running:
+                self._decode()
+            self.steps += 1
+        except Exception as exc:  # a model failure ends this batch, never the server
+            log.exception("generation failed on %s", self.path)
+            self._fail_all(f"generation failed: {exc}")
+
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache,
+        seqs: list[Sequence],
+    ) -> torch.Tensor:
+        kwargs: dict[str, Any] = {}
+        if self.adapters.is_peft:
+            kwargs["adapter_names"] = [s.adapter for s in seqs]
+        out = self.adapters.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **kwargs,
+        )
+        return out.logits[:, -1, :]
+
+    def _drop_cancelled(self) -> None:
+        with self._lock:
+            gone = [s for s in self.waiting if s.cancelled]
+            for s in gone:
+                self.waiting.remove(s)
+        for s in gone:
+            self._finish(s, "cancelled")
+        if any(s.cancelled for s in self.running):
+            for s in self.running:
+                if s.cancelled:
+                    self._finish(s, "cancelled")
+            self._retire()
+
+    def in_use(self) -> set[str]:
+        busy = {s.adapter for s in self.running}
+        if self._prefill is not None:
+            busy.update(s.adapter for s in self._prefill.seqs)
+        return busy
+
+    def _admit(self) -> None:
+        room = self.config.max_batch_size - len(self.running)
+        group: list[Sequence] = []
+        budget = self.config.prefill_token_budget
+        longest = 0
+        with self._lock:
+            pending = list(self.waiting)
+        for seq in pending:
+            if len(group) >= room:
+                break
+            length = max(longest, len(seq.prompt_ids))
+            if group and length * (len(group) + 1) > budget:
+                break
+            in_use = self.in_use() | {s.adapter for s in group}
+            if not self.adapters.can_load(seq.adapter_path, in_use):
+                continue  # its adapter waits for a slot; later requests may still fit
+            with self._lock:
+                self.waiting.remove(seq)
+            try:
+                seq.adapter = self.adapters.ensure(seq.adapter_path, in_use)
+            except Exception as exc:
+                self._finish(seq, "error", str(exc))
+                continue
+            group.append(seq)
+            longest = length
+        if not group:
+            return
+        ids = torch.full((len(group), longest), self._pad_id(), dtype=torch.long)
+        mask = torch.zeros((len(group), longest), dtype=torch.long)
+        for row, seq in enumerate(group):
+            n = len(seq.prompt_ids)
+            ids[row, longest - n :] = torch.tensor(seq.prompt_ids, dtype=torch.long)
+            mask[row, longest - n :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        self._prefill = _Prefill(
+            seqs=group,
+            ids=ids.to(self.device),
+            mask=mask.to(self.device),
+            positions=positions.to(self.device),
+            cache=DynamicCache(),
+        )
+
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else next(iter(self.eos_ids), 0))
+
+    def _prefill_chunk(self) -> None:
+        p = self._prefill
+        assert p is not None
+        if all(s.cancelled for s in p.seqs):
+            for s in p.seqs:
+                self._finish(s, "cancelled")
+            self._prefill = None
+            return
+        start, end = p.done_cols, min(p.done_cols + self.config.prefill_chunk, p.ids.shape[1])
+        logits = self._forward(
+            p.ids[:, start:end], p.mask[:, :end], p.positions[:, start:end], p.cache, p.seqs
+        )
+        p.done_cols = end
+        if end < p.ids.shape[1]:
+            return
+        self._prefill = None
+        for seq in p.seqs:
+            seq.position = len(seq.prompt_ids)
+        batch = BatchKV(p.cache, p.mask)
+        keep = [i for i, seq in enumerate(p.seqs) if self._accept(seq, logits[i])]
+        if not keep:
+            return
+        if len(keep) < len(p.seqs):
+            batch.select(keep)
+        joined = [p.seqs[i] for i in keep]
+        if self.kv is None or not self.running:
+            self.kv, self.running = batch, joined
+        else:
+            self.kv.merge(batch)
+            self.running.extend(joined)
+
+    def _decode(self) -> None:
+        kv = self.kv
+        assert kv is not None
+        ids = torch.tensor([[s.generated[-1]] for s in self.running], dtype=torch.long, device=self.device)
+        positions = torch.tensor([[s.position] for s in self.running], dtype=torch.long, device=self.device)
+        mask = torch.cat([kv.mask, kv.mask.new_ones((kv.rows, 1))], dim=1)
+        logits = self._forward(ids, mask, positions, kv.cache, self.running)
+        kv.mask = mask
+        finished = False
+        for i, seq in enumerate(self.running):
+            seq.position += 1
+            if not self._accept(seq, logits[i]):
+                finished = True
+        if finished:
+            self._retire()
+
+    def _accept(self, seq: Sequence, logits: torch.Tensor) -> bool:
+        """Sample `seq`'s next token, stream it; False when the sequence has finished."""
+        if seq.cancelled:
+            self._finish(seq, "cancelled")
+            return False
+        token = sample_token(logits, seq.params, seq.generator)
+        seq.generated.append(token)
+        if token in self.eos_ids:
+            self._finish(seq, "stop")
+            return False
+        delta, hit_stop = seq.detok.push(token)
+        if delta:
+            seq.emit(TextDelta(delta, 1))
+        if hit_stop:
+            self._finish(seq, "stop")
+        elif len(seq.generated) >= seq.max_new_tokens or seq.position + 1 >= self.context_length:
+            self._finish(seq, "length")
+        return not seq.done
+
+    def _finish(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
+        if seq.done:
+            return
+        seq.done = True
+        if reason in ("stop", "length"):
+            rest = seq.detok.flush()
+            if rest:
+                seq.emit(TextDelta(rest, 0))
+        seq.emit(Finished(reason, len(seq.prompt_ids), len(seq.generated), error))
+
+    def _retire(self) -> None:
+        keep = [i for i, s in enumerate(self.running) if not s.done]
+        self.running = [self.running[i] for i in keep]
+        if not self.running:
+            self.kv = None
+        elif self.kv is not None:
+            self.kv.select(keep)
+
+    def _fail_all(self, message: str, *, waiting_too: bool = False) -> None:
+        """End the running batch (and, when unloading, the queue) with an error."""
+        waiting: list[Sequence] = []
+        if waiting_too:
+            with self._lock:
+                waiting = list(self.waiting)
+                self.waiting.clear()
+        prefill = self._prefill.seqs if self._prefill else []
+        for seq in [*self.running, *prefill, *waiting]:
+            self._finish(seq, "error", message)
+        self.running, self.kv, self._prefill = [], None, None
+
+    def fail_pending(self, message: str) -> None:
+        """Finish every request of this worker with an error (the model is being unloaded)."""
+        self._fail_all(message, waiting_too=True)
