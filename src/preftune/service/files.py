@@ -1,0 +1,187 @@
+"""Data files: record an uploaded blob, validate it with the data layer, list, get, delete.
+
+The upload itself (streaming the body into the blob store) happens before: the API streams
+into `BlobStore`, then calls `create_file` with the resulting `BlobInfo`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from preftune.errors import ConflictError, InvalidRequestError, NotFoundError
+from preftune.service.common import Page, check_limit, check_resource_name, new_id, now
+from preftune.service.states import TERMINAL
+from preftune.store.blobs import BlobInfo, BlobStore
+from preftune.store.models import File, Job
+
+PURPOSES = ("fine-tune",)
+# How many errors and warnings the file object carries; the full report has all that were collected.
+SUMMARY_ITEMS = 5
+
+
+def validate_blob(path: Path) -> dict[str, Any]:
+    """Run the data layer's streaming validator and return its JSON report."""
+    from preftune.data import validate_file
+
+    return dict(validate_file(path).to_dict())
+
+
+def _status_details(report: dict[str, Any]) -> str | None:
+    errors = report.get("errors") or []
+    if report.get("ok", False):
+        return None
+    if errors:
+        first = errors[0]
+        where = f"line {first.get('line')}" if first.get("line") else "the file"
+        field = f", {first['field']}" if first.get("field") else ""
+        more = f" (and {len(errors) - 1} more; see the report)" if len(errors) > 1 else ""
+        return f"{where}{field}: {first.get('message')}{more}"
+    return str(report.get("message") or "the file cannot be used for fine-tuning; see the report")
+
+
+def report_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The report without its long lists: counts plus the first errors and warnings."""
+    if report is None:
+        return None
+    summary = {k: v for k, v in report.items() if not isinstance(v, list)}
+    for key in ("errors", "warnings"):
+        items = report.get(key) or []
+        summary[key] = items[:SUMMARY_ITEMS]
+        summary[f"n_{key}"] = len(items)
+    return summary
+
+
+def create_file(
+    session: Session,
+    owner_id: str,
+    blob: BlobInfo,
+    *,
+    filename: str,
+    purpose: str = "fine-tune",
+    name: str | None = None,
+) -> File:
+    """Record an uploaded blob for `owner_id` and validate it; status becomes `processed` or `error`.
+
+    A data problem is not an exception: the file is kept with status `error` and its report, so the
+    user can read why. `name` (optional) must follow the resource-name rule and be unique per owner.
+    """
+    if purpose not in PURPOSES:
+        raise InvalidRequestError(
+            f"purpose must be one of {', '.join(PURPOSES)} (got {purpose!r})", param="purpose"
+        )
+    if name is not None:
+        check_resource_name(name)
+        _check_name_free(session, owner_id, name)
+    report = validate_blob(blob.path)
+    ok = bool(report.get("ok"))
+    record = File(
+        id=new_id("file"),
+        owner_id=owner_id,
+        filename=Path(filename).name or "upload.jsonl",
+        name=name,
+        purpose=purpose,
+        bytes=blob.size,
+        sha256=blob.sha256,
+        status="processed" if ok else "error",
+        status_details=_status_details(report),
+        format=report.get("format"),
+        n_examples=report.get("n_examples"),
+        report=report,
+        created_at=now(),
+    )
+    session.add(record)
+    session.commit()
+    return record
+
+
+def _check_name_free(session: Session, owner_id: str, name: str) -> None:
+    taken = session.scalar(
+        select(File.id).where(File.owner_id == owner_id, File.name == name, File.deleted_at.is_(None))
+    )
+    if taken is not None:
+        raise ConflictError(
+            f"you already have a file named {name!r} ({taken}); choose another name or delete that file",
+            param="name",
+            code="name_taken",
+        )
+
+
+def get_file(session: Session, owner_id: str, file_id: str, *, param: str = "file_id") -> File:
+    """A live file of `owner_id` by id (or by its dataset name); `NotFoundError` otherwise."""
+    record = session.get(File, file_id)
+    if record is None and file_id:
+        record = session.scalar(
+            select(File).where(File.owner_id == owner_id, File.name == file_id, File.deleted_at.is_(None))
+        )
+    if record is None or record.owner_id != owner_id or record.deleted_at is not None:
+        raise NotFoundError(f"file {file_id!r} not found", param=param, code="file_not_found")
+    return record
+
+
+def list_files(session: Session, owner_id: str, *, limit: int = 20, after: str | None = None) -> Page[File]:
+    """Live files of `owner_id`, newest first; `after` is the last id of the previous page."""
+    check_limit(limit)
+    query = select(File).where(File.owner_id == owner_id, File.deleted_at.is_(None))
+    if after is not None:
+        cursor = get_file(session, owner_id, after, param="after")
+        query = query.where(
+            (File.created_at < cursor.created_at)
+            | ((File.created_at == cursor.created_at) & (File.id < cursor.id))
+        )
+    rows = list(session.scalars(query.order_by(File.created_at.desc(), File.id.desc()).limit(limit + 1)))
+    return Page(data=rows[:limit], has_more=len(rows) > limit)
+
+
+def get_report(session: Session, owner_id: str, file_id: str) -> dict[str, Any]:
+    """The full validation report of a file."""
+    record = get_file(session, owner_id, file_id)
+    return dict(record.report or {})
+
+
+def content_path(session: Session, owner_id: str, file_id: str, blobs: BlobStore) -> Path:
+    """Where the file's bytes are on disk (for streaming a download)."""
+    record = get_file(session, owner_id, file_id)
+    path = blobs.path(record.sha256)
+    if not path.is_file():
+        raise NotFoundError(
+            f"the content of file {file_id} is missing from the blob store ({path})",
+            code="file_content_missing",
+        )
+    return path
+
+
+def delete_file(session: Session, owner_id: str, file_id: str, blobs: BlobStore) -> File:
+    """Delete a file; refused while an unfinished job uses it. The blob goes when nothing uses it."""
+    record = get_file(session, owner_id, file_id)
+    in_use = session.scalar(
+        select(Job.id).where(
+            (Job.training_file_id == record.id) | (Job.validation_file_id == record.id),
+            Job.status.not_in([s.value for s in TERMINAL]),
+        )
+    )
+    if in_use is not None:
+        raise ConflictError(
+            f"file {record.id} is used by job {in_use}, which has not finished; cancel the job or wait for it",
+            param="file_id",
+            code="file_in_use",
+        )
+    record.deleted_at = now()
+    session.commit()
+    still_used = session.scalar(
+        select(File.id).where(File.sha256 == record.sha256, File.deleted_at.is_(None)).limit(1)
+    )
+    if still_used is None:
+        blobs.delete(record.sha256)
+    return record
+
+
+def file_blob_path(session: Session, file_id: str, blobs: BlobStore) -> Path:
+    """The runner's view: the blob of a file by id, whoever owns it (the job's owner was checked at creation)."""
+    record = session.get(File, file_id)
+    if record is None:
+        raise NotFoundError(f"file {file_id} not found", code="file_not_found")
+    return blobs.path(record.sha256)

@@ -1,0 +1,144 @@
+"""The local blob store: uploaded files kept by sha256 under `blobs/ab/abcdef…`.
+
+A write streams to a temporary name in the same directory, is fsynced and then renamed, so a
+crash never leaves half a file under a real name, and memory stays flat whatever the size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from preftune.errors import NotFoundError, PayloadTooLargeError
+
+CHUNK = 1024 * 1024
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    sha256: str
+    size: int
+    path: Path
+
+
+class _Writer:
+    """Hashes and writes chunks to a temporary file, refusing more than `max_bytes`."""
+
+    def __init__(self, root: Path, max_bytes: int | None) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        tmp_dir = root / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-", suffix=".part")
+        self.tmp_path = Path(name)
+        self.file = os.fdopen(fd, "wb")
+        self.hasher = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.max_bytes is not None and self.size > self.max_bytes:
+            raise PayloadTooLargeError(
+                f"the file is larger than the server's limit of {self.max_bytes} bytes; split it or raise "
+                "PREFTUNE_MAX_UPLOAD_BYTES on the server",
+                param="file",
+                code="file_too_large",
+            )
+        self.hasher.update(chunk)
+        self.file.write(chunk)
+
+    def finish(self) -> BlobInfo:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        sha = self.hasher.hexdigest()
+        final = self.root / sha[:2] / sha
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # Same content, same name: a rename over an existing blob is harmless.
+        os.replace(self.tmp_path, final)
+        _fsync_dir(final.parent)
+        return BlobInfo(sha256=sha, size=self.size, path=final)
+
+    def abort(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+        self.tmp_path.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class BlobStore:
+    """Content-addressed files under `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        if not SHA256_RE.match(sha256):
+            raise NotFoundError(f"no blob {sha256!r}", code="blob_not_found")
+        return self.root / sha256[:2] / sha256
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def open(self, sha256: str) -> BinaryIO:
+        path = self.path(sha256)
+        if not path.is_file():
+            raise NotFoundError(
+                f"the content of blob {sha256} is missing from {self.root}", code="blob_missing"
+            )
+        return path.open("rb")
+
+    def put_chunks(self, chunks: Iterable[bytes], *, max_bytes: int | None = None) -> BlobInfo:
+        """Store an iterable of byte chunks; raises `PayloadTooLargeError` past `max_bytes`."""
+        writer = _Writer(self.root, max_bytes)
+        try:
+            for chunk in chunks:
+                writer.write(chunk)
+            return writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+
+    async def put_async_chunks(
+        self, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None
+    ) -> BlobInfo:
+        """Like `put_chunks` for an async stream (an HTTP request body)."""
+        writer = _Writer(self.root, max_bytes)
+        try:
+            async for chunk in chunks:
+                writer.write(chunk)
+            return writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def put_file(self, source: BinaryIO, *, max_bytes: int | None = None) -> BlobInfo:
+        """Store a readable binary file object, read in 1 MiB chunks."""
+        return self.put_chunks(iter(lambda: source.read(CHUNK), b""), max_bytes=max_bytes)
+
+    def put_path(self, path: Path, *, max_bytes: int | None = None) -> BlobInfo:
+        with Path(path).open("rb") as source:
+            return self.put_file(source, max_bytes=max_bytes)
+
+    def delete(self, sha256: str) -> None:
+        self.path(sha256).unlink(missing_ok=True)
