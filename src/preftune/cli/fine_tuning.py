@@ -67,7 +67,7 @@ WATCH_METRICS = [
     "rewards/margins",
     "rewards/chosen",
     "rewards/rejected",
-    "learning_rate",
+    "lr",
     "grad_norm",
 ]
 

@@ -1,0 +1,254 @@
+"""Load check: many clients polling job status while files upload, against one server.
+
+Starts `preftune serve` on a free loopback port (or uses --base-url/--api-key), creates a
+job to poll, then for a bounded time runs
+  - 50 concurrent clients polling GET /v1/fine-tunes/{id} as fast as answers come, and
+  - 20 concurrent uploaders, each uploading preference files of varied sizes and reading
+    every one back, checking the server's sha256 and the downloaded bytes' sha256.
+Prints requests/s, p50/p99 latency per kind, the error count (must be 0) and whether every
+upload's sha256 matched. Exit status 1 if any error or mismatch.
+
+    .venv/bin/python benchmarks/load_check.py --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ORCA = Path(__file__).resolve().parents[2] / "shared" / "data" / "orca_dpo_pairs" / "orca_dpo_pairs.jsonl"
+
+
+@dataclass
+class Stats:
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    uploads: int = 0
+    sha_mismatches: list[str] = field(default_factory=list)
+
+    def record(self, kind: str, seconds: float) -> None:
+        self.latencies.setdefault(kind, []).append(seconds)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _sample_lines() -> list[str]:
+    if ORCA.is_file():
+        return [line for line in ORCA.read_text(encoding="utf-8").splitlines() if line.strip()]
+    example = {
+        "input": {"messages": [{"role": "user", "content": "Say hi."}]},
+        "preferred_output": [{"role": "assistant", "content": "Hi!"}],
+        "non_preferred_output": [{"role": "assistant", "content": "No."}],
+    }
+    return [json.dumps(example)] * 10
+
+
+def _make_payload(lines: list[str], rng: random.Random) -> bytes:
+    # Between 3 and ~600 examples: from a few KB to about 1.5 MB.
+    count = rng.randint(3, 600)
+    return ("\n".join(rng.choice(lines) for _ in range(count)) + "\n").encode()
+
+
+async def _poller(client: httpx.AsyncClient, job_id: str, stop: float, stats: Stats) -> None:
+    while time.monotonic() < stop:
+        start = time.perf_counter()
+        try:
+            response = await client.get(f"/v1/fine-tunes/{job_id}")
+            if response.status_code != 200:
+                stats.errors.append(f"poll: HTTP {response.status_code} {response.text[:200]}")
+        except httpx.HTTPError as exc:
+            stats.errors.append(f"poll: {exc!r}")
+        stats.record("poll", time.perf_counter() - start)
+
+
+async def _uploader(
+    client: httpx.AsyncClient, lines: list[str], seed: int, stop: float, stats: Stats
+) -> None:
+    rng = random.Random(seed)
+    while time.monotonic() < stop:
+        payload = _make_payload(lines, rng)
+        digest = hashlib.sha256(payload).hexdigest()
+        start = time.perf_counter()
+        try:
+            response = await client.post(
+                "/v1/files",
+                files={"file": (f"load-{seed}.jsonl", payload, "application/jsonl")},
+                data={"purpose": "fine-tune"},
+            )
+            stats.record("upload", time.perf_counter() - start)
+            if response.status_code != 200:
+                stats.errors.append(f"upload: HTTP {response.status_code} {response.text[:200]}")
+                continue
+            body = response.json()
+            stats.uploads += 1
+            if body.get("sha256") != digest:
+                stats.sha_mismatches.append(
+                    f"{body.get('id')}: server sha256 {body.get('sha256')} != {digest}"
+                )
+            start = time.perf_counter()
+            content = await client.get(f"/v1/files/{body['id']}/content")
+            stats.record("download", time.perf_counter() - start)
+            if content.status_code != 200:
+                stats.errors.append(f"content: HTTP {content.status_code}")
+            elif hashlib.sha256(content.content).hexdigest() != digest:
+                stats.sha_mismatches.append(f"{body['id']}: downloaded bytes differ from the upload")
+        except httpx.HTTPError as exc:
+            stats.errors.append(f"upload: {exc!r}")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run(base_url: str, api_key: str, model: str, seconds: float, pollers: int, uploaders: int) -> Stats:
+    stats = Stats()
+    lines = _sample_lines()
+    headers = {"Authorization": f"Bearer {api_key}"}
+    limits = httpx.Limits(max_connections=pollers + uploaders + 5)
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60, limits=limits) as client:
+        seed_file = await client.post(
+            "/v1/files",
+            files={"file": ("seed.jsonl", "\n".join(lines[:20]).encode(), "application/jsonl")},
+            data={"purpose": "fine-tune"},
+        )
+        seed_file.raise_for_status()
+        job = await client.post(
+            "/v1/fine-tunes",
+            json={
+                "training_file": seed_file.json()["id"],
+                "model": model,
+                "max_steps": 2,
+                "batch_size": 2,
+                "max_length": 64,
+            },
+        )
+        if job.status_code != 200:
+            raise SystemExit(f"cannot create the job to poll: {job.text}")
+        job_id = job.json()["id"]
+        stop = time.monotonic() + seconds
+        started = time.perf_counter()
+        await asyncio.gather(
+            *[_poller(client, job_id, stop, stats) for _ in range(pollers)],
+            *[_uploader(client, lines, seed, stop, stats) for seed in range(uploaders)],
+        )
+        stats.record("_wall", time.perf_counter() - started)
+    return stats
+
+
+def report(stats: Stats, seconds: float) -> bool:
+    wall = stats.latencies.pop("_wall", [seconds])[0]
+    total = sum(len(v) for v in stats.latencies.values())
+    print(f"duration {wall:.1f}s, {total} requests, {total / wall:.1f} requests/s")
+    for kind, values in sorted(stats.latencies.items()):
+        print(
+            f"  {kind:8s} n={len(values):6d}  {len(values) / wall:7.1f}/s  p50 {statistics.median(values) * 1000:7.1f} ms"
+            f"  p99 {_percentile(values, 0.99) * 1000:7.1f} ms"
+        )
+    print(
+        f"uploads {stats.uploads}, sha256 mismatches {len(stats.sha_mismatches)}, errors {len(stats.errors)}"
+    )
+    for line in (stats.errors + stats.sha_mismatches)[:10]:
+        print("  " + line)
+    return not stats.errors and not stats.sha_mismatches and stats.uploads > 0
+
+
+def _start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PREFTUNE_HOME": str(home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    for var in ("PREFTUNE_API_KEY", "PREFTUNE_BASE_URL", "PREFTUNE_DATABASE_URL"):
+        env.pop(var, None)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "preftune.cli.main",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "0",
+        ],
+        env=env,
+        stdout=(home / "server.log").open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited: {(home / 'server.log').read_text()[-3000:]}")
+        try:
+            if (
+                httpx.get(f"http://127.0.0.1:{port}/openapi.json").status_code == 200
+                and (home / "credentials").is_file()
+            ):
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("server did not start within 90s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=20.0, help="How long to run the load.")
+    parser.add_argument("--pollers", type=int, default=50)
+    parser.add_argument("--uploaders", type=int, default=20)
+    parser.add_argument("--base-url", help="Use a running server instead of starting one.")
+    parser.add_argument("--api-key", help="Key for --base-url.")
+    parser.add_argument("--model", help="Model of the polled job (default: a tiny model built here).")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="preftune-load-") as tmp:
+        process = None
+        base_url, api_key, model = args.base_url, args.api_key, args.model
+        if model is None:
+            from preftune.training.tiny import build_tiny_model
+
+            model = str(build_tiny_model(Path(tmp) / "tiny"))
+        if base_url is None:
+            home = Path(tmp) / "home"
+            home.mkdir()
+            port = _free_port()
+            # No runner: the polled job stays queued, so the load measures the API, not training.
+            process = _start_server(home, port)
+            base_url = f"http://127.0.0.1:{port}"
+            api_key = (home / "credentials").read_text().splitlines()[0].strip()
+        try:
+            stats = asyncio.run(
+                run(base_url, api_key or "", model, args.seconds, args.pollers, args.uploaders)
+            )
+        finally:
+            if process is not None:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=30)
+    ok = report(stats, args.seconds)
+    print("OK" if ok else "FAILED")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

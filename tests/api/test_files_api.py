@@ -1,0 +1,96 @@
+"""`/v1/files` on the real app: upload validation, listing, content, report, limits, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+GOOD = {
+    "input": {"messages": [{"role": "user", "content": "Say hi."}]},
+    "preferred_output": [{"role": "assistant", "content": "Hi!"}],
+    "non_preferred_output": [{"role": "assistant", "content": "Go away."}],
+}
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> bytes:
+    return ("\n".join(json.dumps(r) for r in rows) + "\n").encode()
+
+
+def _upload(api: Any, content: bytes, **form: str) -> Any:
+    return api.client.post(
+        "/v1/files",
+        files={"file": ("data.jsonl", content, "application/jsonl")},
+        data={"purpose": "fine-tune", **form},
+        headers=api.headers(),
+    )
+
+
+def test_upload_valid_file_is_processed_and_round_trips(api: Any, orca_path: Path) -> None:
+    content = orca_path.read_bytes()
+    response = _upload(api, content[: 200 * 1024].rsplit(b"\n", 1)[0] + b"\n", name="orca-sample")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "file" and body["id"].startswith("file-")
+    assert body["status"] == "processed" and body["format"] == "preference"
+    assert body["n_examples"] > 3 and body["name"] == "orca-sample"
+
+    listed = api.client.get("/v1/files", headers=api.headers()).json()
+    assert [f["id"] for f in listed["data"]] == [body["id"]] and listed["has_more"] is False
+
+    downloaded = api.client.get(f"/v1/files/{body['id']}/content", headers=api.headers())
+    assert hashlib.sha256(downloaded.content).hexdigest() == body["sha256"]
+    # By dataset name too.
+    assert api.client.get("/v1/files/orca-sample", headers=api.headers()).json()["id"] == body["id"]
+
+
+def test_invalid_file_is_kept_with_error_status_and_full_report(api: Any) -> None:
+    bad = dict(GOOD, preferred_output=[{"role": "user", "content": "wrong role"}])
+    response = _upload(api, _jsonl([GOOD, bad, GOOD, GOOD]))
+    body = response.json()
+    assert response.status_code == 200 and body["status"] == "error"
+    assert "line 2" in body["status_details"]
+    report = api.client.get(f"/v1/files/{body['id']}/report", headers=api.headers()).json()
+    assert report["errors"][0]["line"] == 2
+    assert "preferred_output" in report["errors"][0]["field"]
+
+
+def test_upload_over_the_limit_is_413_naming_the_limit(api: Any) -> None:
+    big = _jsonl([GOOD] * 3000)  # ~ 400 KB > the fixture's 256 KiB limit
+    response = _upload(api, big)
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert str(api.settings.max_upload_bytes) in error["message"] and error["param"] == "file"
+    assert api.client.get("/v1/files", headers=api.headers()).json()["data"] == []
+
+
+def test_bad_dataset_name_and_purpose_name_the_parameter(api: Any) -> None:
+    response = _upload(api, _jsonl([GOOD] * 3), name="Not_Valid")
+    assert response.status_code == 400 and response.json()["error"]["param"] == "name"
+    response = _upload(api, _jsonl([GOOD] * 3), purpose="batch")
+    assert response.status_code == 400 and response.json()["error"]["param"] == "purpose"
+
+
+def test_pagination_and_delete(api: Any) -> None:
+    ids = [_upload(api, _jsonl([GOOD] * (3 + i))).json()["id"] for i in range(3)]
+    first = api.client.get("/v1/files?limit=2", headers=api.headers()).json()
+    assert first["has_more"] is True and [f["id"] for f in first["data"]] == ids[::-1][:2]
+    rest = api.client.get(f"/v1/files?limit=2&after={first['last_id']}", headers=api.headers()).json()
+    assert [f["id"] for f in rest["data"]] == [ids[0]] and rest["has_more"] is False
+
+    deleted = api.client.delete(f"/v1/files/{ids[0]}", headers=api.headers()).json()
+    assert deleted == {"id": ids[0], "object": "file", "deleted": True}
+    missing = api.client.get(f"/v1/files/{ids[0]}", headers=api.headers())
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+
+
+def test_auth_is_required_and_owners_are_isolated(api: Any) -> None:
+    file_id = _upload(api, _jsonl([GOOD] * 3)).json()["id"]
+    assert api.client.get("/v1/files").status_code == 401
+    wrong = api.client.get("/v1/files", headers={"Authorization": "Bearer pt-nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
+    for method, path in [("GET", ""), ("GET", "/content"), ("GET", "/report"), ("DELETE", "")]:
+        response = api.client.request(method, f"/v1/files/{file_id}{path}", headers=api.headers(api.key_b))
+        assert response.status_code == 404, (method, path)
+    assert api.client.get("/v1/files", headers=api.headers(api.key_b)).json()["data"] == []
