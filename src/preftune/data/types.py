@@ -104,7 +104,8 @@ class ValidationReport:
 
     def add_error(self, line: int | None, field_path: str | None, message: str, code: str) -> None:
         self.n_errors_total += 1
-        if len(self.errors) < self.max_errors:
+        # Problems of the whole file (line None) are always listed: there are few, and they matter most.
+        if len(self.errors) < self.max_errors or line is None:
             self.errors.append(Issue(line, field_path, message, code))
 
     def add_warning(self, line: int | None, field_path: str | None, message: str, code: str) -> None:
