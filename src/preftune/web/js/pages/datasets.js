@@ -81,7 +81,7 @@ export function renderWizard(main) {
     let chosen = null;
     const picked = h("p.muted", { "aria-live": "polite" }, "No file chosen yet.");
     const input = h("input", { id: fileId, type: "file", accept: ".jsonl,.json,.gz,.jsonl.gz,application/json" });
-    const name = h("input", { id: nameId, type: "text", placeholder: "optional, e.g. support-prefs-v1" });
+    const name = h("input", { id: nameId, type: "text", placeholder: "optional, e.g. support-prefs-v1" , pattern: "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?" });
     const model = h("select", { id: modelId }, h("option", { value: "" }, "No token statistics"));
     modelOptions().then((ids) => ids.forEach((id) => model.append(h("option", { value: id }, id))));
     const next = h("button.primary", { type: "submit", disabled: true }, "Upload and validate");
@@ -109,7 +109,7 @@ export function renderWizard(main) {
       zone,
       h("div.grid2", { style: "margin-top:16px" },
         h("div.field", h("label", { for: nameId }, "Dataset name"), name,
-          h("div.help", "Shown in lists; the file name is used when empty.")),
+          h("div.help", "Lowercase letters, digits and dashes, e.g. orca-pairs-v2; jobs can refer to it by name. The file name is shown when empty.")),
         h("div.field", h("label", { for: modelId }, "Token statistics for model"), model,
           h("div.help", "Count tokens with this model's tokenizer to see prompt and answer lengths."))),
       h("p.muted", "Preference data: one example per line with input.messages, preferred_output and "
@@ -176,14 +176,17 @@ function reportView(file, report, model) {
     h("div.stats",
       stat("Examples", report.n_examples ?? file.n_examples ?? "—"),
       stat("Format", report.format ?? file.format ?? "—"),
-      stat("Errors", report.n_errors ?? errors.length),
-      stat("Warnings", report.n_warnings ?? warnings.length)),
+      report.n_valid !== undefined ? stat("Valid", report.n_valid) : null,
+      stat("Errors", report.n_errors_total ?? errors.length),
+      stat("Warnings", report.n_warnings_total ?? warnings.length)),
   ];
   parts.push(ok
     ? h("div.alert.ok", "Every example is valid: this dataset can be used for training.")
-    : h("div.alert.error", file.status_details || "Some examples are invalid: fix the lines below and upload the file again."));
+    : h("div.alert.error", report.summary || file.status_details
+      || "Some examples are invalid: fix the lines below and upload the file again."));
   if (errors.length) {
-    parts.push(h("h3", `First errors (${errors.length}${report.n_errors > errors.length ? ` of ${report.n_errors}` : ""})`),
+    const total = report.n_errors_total ?? errors.length;
+    parts.push(h("h3", total > errors.length ? `First ${errors.length} errors of ${total}` : `Errors (${total})`),
       issueTable(errors, "errors"));
   }
   if (warnings.length) parts.push(h("h3", "Warnings"), issueTable(warnings, "warnings"));
