@@ -27,7 +27,10 @@ def validate_blob(path: Path) -> dict[str, Any]:
     """Run the data layer's streaming validator and return its JSON report."""
     from preftune.data import validate_file
 
-    return dict(validate_file(path).to_dict())
+    report = dict(validate_file(path).to_dict())
+    # The blob's path on the server means nothing to the user and is not theirs to know.
+    report.pop("path", None)
+    return report
 
 
 def _status_details(report: dict[str, Any]) -> str | None:

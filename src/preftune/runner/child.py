@@ -1,0 +1,94 @@
+"""The training child process: runs `preftune.training.trainer.train` for one job attempt and forwards
+its events, metrics and outcome to the runner through a multiprocessing queue.
+
+It never touches the database: the runner (which holds the lease) is the only writer for its job.
+It stops when the runner sets the stop event (a cancel or a shutdown) or when the runner is gone
+(its parent pid changed), so a killed runner never leaves an orphan training on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import traceback
+from pathlib import Path
+from typing import Any
+
+from preftune.errors import DataValidationError, ModelNotFoundError, PreftuneError, TrainingSpecError
+from preftune.training.callbacks import TrainCallbacks
+
+USER_ERRORS = (DataValidationError, TrainingSpecError, ModelNotFoundError)
+
+
+class ForwardingCallbacks(TrainCallbacks):
+    """Puts every trainer hook on the queue; `should_stop` follows the stop event and the parent's life."""
+
+    def __init__(self, queue: Any, stop_event: Any, parent_pid: int) -> None:
+        self.queue = queue
+        self.stop_event = stop_event
+        self.parent_pid = parent_pid
+
+    def on_event(self, type: str, message: str, data: dict[str, Any]) -> None:
+        self.queue.put(("event", {"type": type, "message": message, "data": data}))
+
+    def on_step(self, metrics: dict[str, Any]) -> None:
+        self.queue.put(("step", metrics))
+
+    def should_stop(self) -> bool:
+        return bool(self.stop_event.is_set()) or os.getppid() != self.parent_pid
+
+
+def error_payload(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, PreftuneError):
+        message, code, param = exc.message, exc.code, exc.param
+    else:
+        message, code, param = f"{type(exc).__name__}: {exc}", None, None
+    return {
+        "message": message,
+        "code": code,
+        "param": param,
+        "user_error": isinstance(exc, USER_ERRORS),
+        "traceback": traceback.format_exc(limit=20),
+    }
+
+
+def child_main(payload: dict[str, Any], queue: Any, stop_event: Any, parent_pid: int) -> None:
+    """Entry point of the child (spawned): train, then put ("result", …) or ("error", …) on the queue."""
+    # Ctrl-C reaches the whole process group; the runner decides how this child stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        from preftune.training.spec import TrainingSpec
+        from preftune.training.trainer import train
+
+        spec = TrainingSpec.model_validate(payload["spec"])
+        if payload.get("from_checkpoint_path"):
+            spec = spec.model_copy(update={"from_checkpoint": payload["from_checkpoint_path"]})
+        result = train(
+            spec,
+            model=payload["model"],
+            training_file=Path(payload["training_file"]),
+            output_dir=Path(payload["output_dir"]),
+            validation_file=Path(payload["validation_file"]) if payload.get("validation_file") else None,
+            models_dir=Path(payload["models_dir"]),
+            resume=bool(payload.get("resume")),
+            callbacks=ForwardingCallbacks(queue, stop_event, parent_pid),
+        )
+        queue.put(
+            (
+                "result",
+                {
+                    "status": result.status,
+                    "steps": result.steps,
+                    "total_steps": result.total_steps,
+                    "adapter_path": str(result.adapter_path) if result.adapter_path else None,
+                    "model_path": str(result.model_path) if result.model_path else None,
+                    "merged_path": str(result.merged_path) if result.merged_path else None,
+                    "final_metrics": result.final_metrics,
+                },
+            )
+        )
+    except BaseException as exc:
+        queue.put(("error", error_payload(exc)))
+    finally:
+        queue.close()
+        queue.join_thread()

@@ -1,0 +1,336 @@
+"""`Runner`: the loop that claims jobs and runs each attempt's training in a child process.
+
+One runner runs one job at a time. While the child trains, the runner forwards its events and
+metrics to the service, renews its lease every `heartbeat_seconds`, and checks about once a
+second for a cancel request. If the runner dies, its lease expires after `lease_seconds` and
+another runner resumes the job from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue as queue_module
+import shutil
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from preftune.config import Settings
+from preftune.runner.child import child_main
+from preftune.service import runs
+from preftune.service.events import EventType
+from preftune.store.blobs import BlobStore
+from preftune.store.db import Database, open_database
+
+log = logging.getLogger("preftune.runner")
+
+# How often the runner looks for a cancel request while a job trains.
+CANCEL_POLL_SECONDS = 1.0
+# How long a child may take to stop after being asked, before it is killed.
+STOP_GRACE_SECONDS = 20.0
+# Wait between looks at an empty queue.
+IDLE_POLL_SECONDS = 1.0
+
+
+@dataclass
+class AttemptOutcome:
+    """How one attempt ended, from the runner's point of view."""
+
+    kind: str  # completed | cancelled | released | failed | user_error | retry | lease_lost
+    job_id: str
+
+
+def default_runner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Runner:
+    """Claims and runs jobs until `stop()` is called (or a signal arrives, with `install_signal_handlers`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        runner_id: str | None = None,
+        db: Database | None = None,
+        idle_poll_seconds: float = IDLE_POLL_SECONDS,
+    ) -> None:
+        self.settings = settings
+        self.runner_id = runner_id or default_runner_id()
+        self.db = db or open_database(settings)
+        self.blobs = BlobStore(settings.blobs_dir)
+        self.idle_poll_seconds = idle_poll_seconds
+        self._stopping = threading.Event()
+        self._mp = mp.get_context("spawn")
+        self.current_child: Any = None
+
+    # --- control ------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the runner to stop: a running job is stopped and put back in the queue."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def install_signal_handlers(self) -> None:
+        def handle(signum: int, _frame: Any) -> None:
+            log.info("runner %s: signal %d, stopping", self.runner_id, signum)
+            self.stop()
+
+        signal.signal(signal.SIGINT, handle)
+        signal.signal(signal.SIGTERM, handle)
+
+    # --- the loop -----------------------------------------------------------------------------
+    def run_forever(self) -> None:
+        log.info("runner %s started (database %s)", self.runner_id, self.db.engine.url.render_as_string())
+        while not self.stopping:
+            outcome = self.run_once()
+            if outcome is None:
+                self._stopping.wait(self.idle_poll_seconds)
+        log.info("runner %s stopped", self.runner_id)
+
+    def run_once(self) -> AttemptOutcome | None:
+        """Claim one job and run one attempt of it; None when nothing was runnable."""
+        with self.db.session() as session:
+            claimed = runs.claim_job(session, self.runner_id, self.settings, self.blobs)
+        if claimed is None:
+            return None
+        log.info("runner %s: job %s attempt %d", self.runner_id, claimed.job_id, claimed.attempt)
+        try:
+            return self._run_attempt(claimed)
+        except runs.LeaseLostError:
+            log.warning("runner %s: lost the lease on job %s", self.runner_id, claimed.job_id)
+            return AttemptOutcome("lease_lost", claimed.job_id)
+
+    # --- one attempt --------------------------------------------------------------------------
+    def _payload(self, claimed: runs.ClaimedJob) -> dict[str, Any]:
+        checkpoints = claimed.output_dir / "checkpoints"
+        has_checkpoint = checkpoints.is_dir() and any(
+            p.name.startswith("step-") for p in checkpoints.iterdir()
+        )
+        resume = claimed.restarted and has_checkpoint
+        if not resume and claimed.output_dir.exists():
+            # Nothing to resume from: start clean rather than mix with a dead attempt's partial output.
+            shutil.rmtree(claimed.output_dir)
+        claimed.output_dir.mkdir(parents=True, exist_ok=True)
+        return {
+            "job_id": claimed.job_id,
+            "spec": claimed.spec,
+            "model": claimed.model,
+            "training_file": str(claimed.training_file),
+            "validation_file": str(claimed.validation_file) if claimed.validation_file else None,
+            "output_dir": str(claimed.output_dir),
+            "models_dir": str(self.settings.models_dir),
+            "from_checkpoint_path": claimed.from_checkpoint_path,
+            "resume": resume,
+        }
+
+    def _run_attempt(self, claimed: runs.ClaimedJob) -> AttemptOutcome:
+        job_id, token = claimed.job_id, claimed.claim_token
+        messages = self._mp.Queue()
+        stop_event = self._mp.Event()
+        child = self._mp.Process(
+            target=child_main,
+            args=(self._payload(claimed), messages, stop_event, os.getpid()),
+            name=f"preftune-train-{job_id}",
+        )
+        child.start()
+        self.current_child = child
+        outcome: tuple[str, dict[str, Any]] | None = None
+        cancel_requested = False
+        releasing = False
+        lease_lost = False
+        stop_deadline: float | None = None
+        next_beat = time.monotonic() + self.settings.heartbeat_seconds
+        next_cancel_check = time.monotonic() + CANCEL_POLL_SECONDS
+        last_checkpoint: int | None = claimed.resume_step
+        latest_metrics: dict[str, Any] | None = None
+        try:
+            while True:
+                try:
+                    kind, body = messages.get(timeout=0.2)
+                except queue_module.Empty:
+                    kind, body = "", {}
+                if kind in ("result", "error"):
+                    outcome = (kind, body)
+                elif kind == "step":
+                    latest_metrics = body
+                    self._write(runs.record_step, job_id, token, body)
+                elif kind == "event":
+                    step = self._forward_event(job_id, token, body, latest_metrics)
+                    last_checkpoint = step if step is not None else last_checkpoint
+
+                clock = time.monotonic()
+                if clock >= next_cancel_check or clock >= next_beat:
+                    next_cancel_check = clock + CANCEL_POLL_SECONDS
+                    if clock >= next_beat:
+                        next_beat = clock + self.settings.heartbeat_seconds
+                        with self.db.session() as session:
+                            beat = runs.heartbeat(session, job_id, token, self.settings.lease_seconds)
+                        lease_lost = not beat.lease_held
+                        cancel_requested = cancel_requested or beat.cancel_requested
+                    else:
+                        cancel_requested = cancel_requested or self._cancel_requested(job_id)
+                if self.stopping and not cancel_requested:
+                    releasing = True
+                if (cancel_requested or releasing or lease_lost) and not stop_event.is_set():
+                    stop_event.set()
+                    stop_deadline = clock + STOP_GRACE_SECONDS
+                if stop_deadline is not None and clock > stop_deadline and child.is_alive():
+                    log.warning("job %s: the training process did not stop in time; killing it", job_id)
+                    child.kill()
+                if lease_lost:
+                    child.join(STOP_GRACE_SECONDS)
+                    raise runs.LeaseLostError(job_id)
+                if outcome is not None or not child.is_alive():
+                    if outcome is None:
+                        outcome = self._drain_for_outcome(messages, job_id, token, latest_metrics)
+                    break
+        finally:
+            child.join(STOP_GRACE_SECONDS)
+            if child.is_alive():
+                child.kill()
+                child.join()
+            self.current_child = None
+            messages.close()
+        return self._finish(claimed, outcome, child.exitcode, cancel_requested, releasing, last_checkpoint)
+
+    def _drain_for_outcome(
+        self, messages: Any, job_id: str, token: str, latest_metrics: dict[str, Any] | None
+    ) -> tuple[str, dict[str, Any]] | None:
+        """The child exited: read what it sent last (the queue's feeder may still be flushing)."""
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            try:
+                kind, body = messages.get(timeout=0.2)
+            except queue_module.Empty:
+                continue
+            if kind in ("result", "error"):
+                return kind, body
+            if kind == "step":
+                self._write(runs.record_step, job_id, token, body)
+            elif kind == "event":
+                self._forward_event(job_id, token, body, latest_metrics)
+        return None
+
+    def _write(self, func: Any, *args: Any) -> None:
+        with self.db.session() as session:
+            func(session, *args)
+
+    def _cancel_requested(self, job_id: str) -> bool:
+        from sqlalchemy import select
+
+        from preftune.service.states import JobStatus
+        from preftune.store.models import Job
+
+        with self.db.session() as session:
+            return session.scalar(select(Job.status).where(Job.id == job_id)) == JobStatus.CANCEL_REQUESTED
+
+    def _forward_event(
+        self, job_id: str, token: str, body: dict[str, Any], latest_metrics: dict[str, Any] | None
+    ) -> int | None:
+        """Record a trainer event; returns the step of a saved checkpoint, if it was one."""
+        event_type = str(body.get("type"))
+        data = dict(body.get("data") or {})
+        if event_type not in EventType.__members__:
+            log.warning("job %s: ignoring unknown trainer event %s", job_id, event_type)
+            return None
+        with self.db.session() as session:
+            if event_type == EventType.CHECKPOINT_SAVE and "step" in data and data.get("path"):
+                runs.record_checkpoint(
+                    session, job_id, token, int(data["step"]), Path(str(data["path"])), latest_metrics
+                )
+            runs.record_event(session, job_id, token, event_type, str(body.get("message", "")), data)
+        if event_type == EventType.CHECKPOINT_SAVE and "step" in data:
+            return int(data["step"])
+        return None
+
+    def _finish(
+        self,
+        claimed: runs.ClaimedJob,
+        outcome: tuple[str, dict[str, Any]] | None,
+        exitcode: int | None,
+        cancel_requested: bool,
+        releasing: bool,
+        last_checkpoint: int | None,
+    ) -> AttemptOutcome:
+        job_id, token = claimed.job_id, claimed.claim_token
+        with self.db.session() as session:
+            if outcome is not None and outcome[0] == "result" and outcome[1]["status"] == "completed":
+                result = outcome[1]
+                from preftune.training.models import resolve_model
+
+                runs.complete_job(
+                    session,
+                    job_id,
+                    token,
+                    base_model_path=resolve_model(claimed.model, self.settings.models_dir),
+                    adapter_path=_path(result.get("adapter_path")),
+                    model_path=_path(result.get("model_path")),
+                    merged_path=_path(result.get("merged_path")),
+                    steps=int(result["steps"]),
+                    final_metrics=result.get("final_metrics"),
+                )
+                return AttemptOutcome("completed", job_id)
+            if cancel_requested or (self._cancel_requested(job_id) and outcome is not None):
+                runs.cancel_finished(session, job_id, token, last_checkpoint_step=last_checkpoint)
+                return AttemptOutcome("cancelled", job_id)
+            if releasing and (outcome is None or outcome[0] == "result"):
+                runs.release_job(session, job_id, token, "the runner is shutting down")
+                return AttemptOutcome("released", job_id)
+            if outcome is not None and outcome[0] == "error":
+                error = outcome[1]
+                log.error("job %s failed: %s\n%s", job_id, error["message"], error.get("traceback", ""))
+                job = runs.fail_job(
+                    session,
+                    job_id,
+                    token,
+                    self.settings,
+                    message=error["message"],
+                    user_error=bool(error.get("user_error")),
+                    code=error.get("code"),
+                    param=error.get("param"),
+                )
+                return AttemptOutcome(job.status if job.status != "queued" else "retry", job_id)
+            message = (
+                f"the training process stopped unexpectedly (exit code {exitcode}); "
+                "it may have run out of memory: lower batch_size or max_length"
+            )
+            if outcome is not None:  # a "stopped" result nobody asked for
+                message = "training stopped before the end without a cancel request"
+            job = runs.fail_job(
+                session,
+                job_id,
+                token,
+                self.settings,
+                message=message,
+                user_error=False,
+                code="training_crashed",
+            )
+            return AttemptOutcome(job.status if job.status != "queued" else "retry", job_id)
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def run_runner_process(settings_data: dict[str, Any], index: int = 0) -> None:
+    """Entry point of a runner process started by `preftune serve` (spawned; settings passed as data)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings(**settings_data)
+    runner = Runner(
+        settings, runner_id=f"{default_runner_id()}:r{index}", db=Database(settings.resolved_database_url)
+    )
+    runner.install_signal_handlers()
+    try:
+        runner.run_forever()
+    finally:
+        runner.db.dispose()
