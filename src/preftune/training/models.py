@@ -78,13 +78,17 @@ def import_embedded(model: EmbeddedModel, models_dir: Path) -> Path:
             code="model_not_installed",
         )
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils.quantization_config import GgufConfig
 
     models_dir.mkdir(parents=True, exist_ok=True)
     # Write to a temporary sibling and rename, so a crash never leaves half a model under the real name.
     tmp = Path(tempfile.mkdtemp(prefix=f".{model.name}-", dir=models_dir))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        weights = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # dequantize=True: transformers 5 otherwise keeps a GGUF quantizer attached and refuses to save.
+        weights = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+        )
         weights.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         try:
