@@ -19,9 +19,13 @@ def test_create_list_revoke(api: Any) -> None:
 
 
 def test_new_owner_needs_admin_and_is_isolated(api: Any) -> None:
-    refused = api.client.post("/v1/keys", json={"name": "x", "new_owner": True}, headers=api.headers(api.key_b))
+    refused = api.client.post(
+        "/v1/keys", json={"name": "x", "new_owner": True}, headers=api.headers(api.key_b)
+    )
     assert refused.status_code == 403 and refused.json()["error"]["param"] == "new_owner"
-    created = api.client.post("/v1/keys", json={"name": "carol", "new_owner": True}, headers=api.headers()).json()
+    created = api.client.post(
+        "/v1/keys", json={"name": "carol", "new_owner": True}, headers=api.headers()
+    ).json()
     mine = api.client.get("/v1/keys", headers=api.headers()).json()["data"]
     assert created["owner_id"] not in {k["owner_id"] for k in mine}
     # Another owner's key cannot be revoked: it is not found.
