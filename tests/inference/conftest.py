@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from preftune.config import Settings
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +32,117 @@ def models_home(preftune_home: Path, tiny_model_dir: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(tiny_model_dir, target)
     return preftune_home
+
+
+@dataclass
+class LiveServer:
+    """The real application served by uvicorn on a loopback port, in a thread of the test process
+    (so tests can look at the engine itself, e.g. to see that a disconnect stopped generation)."""
+
+    app: Any
+    settings: Settings
+    base_url: str
+    api_key: str
+    owner_id: str
+
+    @property
+    def engine(self) -> Any:
+        return self.app.state.engine
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def register_fine_tune(
+        self, adapter: Path | None, *, merged: Path | None = None, suffix: str = "t"
+    ) -> str:
+        """Record a completed job's LoRA adapter (or merged model) as the owner's fine-tuned model."""
+        from preftune.service.common import new_id, now
+        from preftune.store.models import File, FineTunedModel, Job
+
+        base = self.settings.models_dir / "tiny-llama"
+        with self.app.state.db.session() as session:
+            job_id = new_id("ftjob")
+            name = f"ft:tiny-llama:{suffix}:{job_id}"
+            file_id = new_id("file")
+            session.add(_row(File, id=file_id, owner_id=self.owner_id, status="processed"))
+            session.flush()
+            session.add(
+                _row(
+                    Job,
+                    id=job_id,
+                    owner_id=self.owner_id,
+                    model="tiny-llama",
+                    status="completed",
+                    training_file_id=file_id,
+                )
+            )
+            session.flush()
+            session.add(
+                FineTunedModel(
+                    id=new_id("model"),
+                    owner_id=self.owner_id,
+                    name=name,
+                    job_id=job_id,
+                    base_model="tiny-llama",
+                    base_model_path=str(base),
+                    adapter_path=str(adapter) if adapter else None,
+                    model_path=None,
+                    merged_path=str(merged) if merged else None,
+                    created_at=now(),
+                )
+            )
+            session.commit()
+        return name
+
+
+def _row(cls: Any, **values: Any) -> Any:
+    """A table row with `values` and every other required column filled with a plain value."""
+    from sqlalchemy import inspect
+
+    from preftune.service.common import now
+
+    for column in inspect(cls).columns:
+        if column.key in values or column.nullable or column.default is not None or column.primary_key:
+            continue
+        python_type = column.type.python_type
+        values[column.key] = (
+            now() if python_type is float else 0 if python_type is int else {} if python_type is dict else "x"
+        )
+    return cls(**values)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[LiveServer]:
+    import uvicorn
+
+    from preftune.api.app import create_app
+    from preftune.service import keys as key_service
+
+    settings = Settings(home=tmp_path_factory.mktemp("live") / "home", adapter_cache_size=2)
+    shutil.copytree(tiny_model_dir, settings.models_dir / "tiny-llama")
+    app = create_app(settings)
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.05)
+    with app.state.db.session() as session:
+        owner = key_service.create_owner(session, "tester")
+        _, key = key_service.create_key(session, owner.id, "test")
+    try:
+        yield LiveServer(app, settings, f"http://127.0.0.1:{port}", key, owner.id)
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -116,8 +116,8 @@ def test_adapter_lru_keeps_at_most_capacity(tiny_model_dir: Path, adapter_dirs: 
 
 def test_bad_adapter_fails_only_its_request(tiny_model_dir: Path, tmp_path: Path) -> None:
     worker = ModelWorker(tiny_model_dir, torch.device("cpu"), WorkerConfig())
-    good, good_events = _submit(worker, "hi", GREEDY, None, max_new=3)
-    bad, bad_events = _submit(worker, "hi", GREEDY, tmp_path, max_new=3)
+    _, good_events = _submit(worker, "hi", GREEDY, None, max_new=3)
+    _, bad_events = _submit(worker, "hi", GREEDY, tmp_path, max_new=3)
     _drain(worker)
     assert isinstance(bad_events[-1], Finished) and bad_events[-1].reason == "error"
     assert "adapter" in (bad_events[-1].error or "")

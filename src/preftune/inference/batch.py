@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +98,8 @@ class ModelWorker:
         self.kv: BatchKV | None = None
         self._prefill: _Prefill | None = None
         self.steps = 0
+        self.tokens_generated = 0
+        self.finished: Counter[str] = Counter()  # finish reason -> count (for stats and tests)
 
     # -- called from any thread ------------------------------------------------------------
     def new_sequence(
@@ -285,6 +287,7 @@ class ModelWorker:
             return False
         token = sample_token(logits, seq.params, seq.generator)
         seq.generated.append(token)
+        self.tokens_generated += 1
         if token in self.eos_ids:
             self._finish(seq, "stop")
             return False
@@ -301,6 +304,7 @@ class ModelWorker:
         if seq.done:
             return
         seq.done = True
+        self.finished[reason] += 1
         if reason in ("stop", "length"):
             rest = seq.detok.flush()
             if rest:

@@ -62,12 +62,12 @@ class InferenceEngine(abc.ABC):
         """Finish every request with an error and release the models."""
 
     @abc.abstractmethod
-    async def load(self, target: ModelTarget, *, pin: bool = False) -> LoadedModel:
-        """Bring a model (and its adapter) into memory; `pin` keeps it there (a deployment)."""
+    async def load(self, target: ModelTarget, *, pin_as: str | None = None) -> LoadedModel:
+        """Bring a model (and its adapter) into memory; `pin_as` (a deployment id) keeps it there."""
 
     @abc.abstractmethod
-    async def unpin(self, target: ModelTarget) -> None:
-        """Drop a deployment's hold; the model may then be evicted when idle."""
+    async def unpin(self, target: ModelTarget, holder: str) -> None:
+        """Drop a deployment's hold; the model may then be unloaded when idle."""
 
     @abc.abstractmethod
     def is_loaded(self, target: ModelTarget) -> bool: ...

@@ -162,13 +162,13 @@ class LocalEngine(InferenceEngine):
                 self._workers[path] = worker
             return worker
 
-    async def load(self, target: ModelTarget, *, pin: bool = False) -> LoadedModel:
+    async def load(self, target: ModelTarget, *, pin_as: str | None = None) -> LoadedModel:
         path = target.base_path
         found = self._workers.get(path)
         worker = found if found is not None else await asyncio.to_thread(self._load_worker, path)
         self._last_used[path] = time.monotonic()
-        if pin:
-            self._pins.setdefault(path, set()).add(target.key)
+        if pin_as is not None:
+            self._pins.setdefault(path, set()).add(pin_as)
         if target.adapter_path is not None:
             adapter = target.adapter_path
             await self._on_engine_thread(lambda: worker.adapters.ensure(adapter, worker.in_use()))
@@ -186,10 +186,10 @@ class LocalEngine(InferenceEngine):
             del self._workers[victim]
             log.info("unloaded idle model %s", victim)
 
-    async def unpin(self, target: ModelTarget) -> None:
+    async def unpin(self, target: ModelTarget, holder: str) -> None:
         holders = self._pins.get(target.base_path)
         if holders is not None:
-            holders.discard(target.key)
+            holders.discard(holder)
         await self._on_engine_thread(self._evict_idle)
 
     def is_loaded(self, target: ModelTarget) -> bool:
@@ -242,7 +242,13 @@ class LocalEngine(InferenceEngine):
 
     def stats(self) -> dict[str, Any]:
         return {
-            str(path): {"running": len(w.running), "waiting": len(w.waiting), "steps": w.steps}
+            str(path): {
+                "running": len(w.running),
+                "waiting": len(w.waiting),
+                "steps": w.steps,
+                "tokens_generated": w.tokens_generated,
+                "finished": dict(w.finished),
+            }
             for path, w in list(self._workers.items())
         }
 
