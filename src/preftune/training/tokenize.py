@@ -152,13 +152,17 @@ def tokenize_pair(
 
 
 def _labelled(
-    ids: list[int], mask: list[bool], index: int, max_length: int, stats: TruncationStats, eos: int | None
+    ids: list[int], mask: list[bool], index: int, max_length: int, stats: TruncationStats
 ) -> SFTTokens | Skipped:
     if len(ids) > max_length:
-        # SFT keeps the start: the conversation's opening gives the later turns their meaning.
+        # As for pairs: first drop the start of the context before the first target (keeping at least
+        # half of max_length of it), then the end.
+        first = next((i for i, keep in enumerate(mask) if keep), len(ids))
+        drop = min(len(ids) - max_length, max(0, first - max_length // 2))
         stats.sequences_truncated += 1
-        stats.answer_tokens_dropped += len(ids) - max_length
-        ids, mask = ids[:max_length], mask[:max_length]
+        stats.prompt_tokens_dropped += drop
+        stats.answer_tokens_dropped += len(ids) - drop - max_length
+        ids, mask = ids[drop : drop + max_length], mask[drop : drop + max_length]
     # Token 0 has no context to be predicted from.
     mask = [False, *mask[1:]]
     if not any(mask):
@@ -189,7 +193,7 @@ def tokenize_sft_messages(
                 stats.boundary_merges += 1
             for i in range(start, end):
                 mask[i] = True
-    return _labelled(ids, mask, index, max_length, stats, tokenizer.eos_token_id)
+    return _labelled(ids, mask, index, max_length, stats)
 
 
 def tokenize_sft_prompt_completion(
@@ -210,7 +214,7 @@ def tokenize_sft_prompt_completion(
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     mask = [train_on_inputs or i >= start for i in range(len(ids))]
-    return _labelled(ids, mask, index, max_length, stats, tokenizer.eos_token_id)
+    return _labelled(ids, mask, index, max_length, stats)
 
 
 def tokenize_sft_text(
@@ -220,4 +224,4 @@ def tokenize_sft_text(
     ids = encode(tokenizer, text)
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
-    return _labelled(ids, [True] * len(ids), index, max_length, stats, tokenizer.eos_token_id)
+    return _labelled(ids, [True] * len(ids), index, max_length, stats)
