@@ -92,7 +92,8 @@ def fmt_number(value: Any) -> str:
 def print_table(title: str | None, columns: list[str], rows: Iterable[list[Any]]) -> None:
     table = Table(title=title, show_lines=False, header_style="bold")
     for column in columns:
-        table.add_column(column)
+        # Ids are copied into the next command: never cut them.
+        table.add_column(column, no_wrap=column == "id", overflow="fold")
     for row in rows:
         table.add_row(*[fmt_number(cell) for cell in row])
     console.print(table)

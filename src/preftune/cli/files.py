@@ -10,6 +10,7 @@ import typer
 from preftune.cli.common import (
     JSON_OPTION,
     console,
+    fmt_time,
     handle_errors,
     make_client,
     print_fields,
@@ -94,7 +95,10 @@ def list_files(
     print_table(
         None,
         ["id", "filename", "name", "bytes", "status", "examples", "created"],
-        [[f.id, f.filename, f.name, f.bytes, f.status, f.n_examples, f.created_at] for f in page.data],
+        [
+            [f.id, f.filename, f.name, f.bytes, f.status, f.n_examples, fmt_time(f.created_at)]
+            for f in page.data
+        ],
     )
     if page.has_more:
         console.print(f"more: preftune files list --after {page.last_id}")

@@ -201,7 +201,8 @@ app.command("create")(_build_create())
 def _metric_summary(metrics: dict[str, Any] | None) -> str:
     if not metrics:
         return "-"
-    return "  ".join(f"{k}={fmt_number(metrics[k])}" for k in WATCH_METRICS if metrics.get(k) is not None)
+    shown = ("loss", "rewards/accuracies")
+    return "  ".join(f"{k}={fmt_number(metrics[k])}" for k in shown if metrics.get(k) is not None)
 
 
 @app.command("list")
@@ -413,6 +414,8 @@ def watch(
                     time.sleep(interval)
                     job = poll()
                     live.update(_watch_view(job, events))
+            if not console.is_terminal:
+                console.print()  # Live leaves its last frame without a line end when not on a terminal
             console.print(
                 f"{job.id}: [bold]{job.status}[/]"
                 + (f" -> {job.output_name}" if job.output_name else "")

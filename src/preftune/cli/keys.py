@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from preftune.cli.common import JSON_OPTION, console, handle_errors, make_client, print_json, print_table
+from preftune.cli.common import (
+    JSON_OPTION,
+    console,
+    fmt_time,
+    handle_errors,
+    make_client,
+    print_json,
+    print_table,
+)
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -41,7 +49,18 @@ def list_keys(as_json: bool = JSON_OPTION) -> None:
     print_table(
         None,
         ["id", "name", "prefix", "admin", "created", "last used", "revoked"],
-        [[k.id, k.name, k.prefix, k.is_admin, k.created_at, k.last_used_at, k.revoked_at] for k in keys],
+        [
+            [
+                k.id,
+                k.name,
+                k.prefix,
+                k.is_admin,
+                fmt_time(k.created_at),
+                fmt_time(k.last_used_at),
+                fmt_time(k.revoked_at),
+            ]
+            for k in keys
+        ],
     )
 
 
