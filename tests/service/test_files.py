@@ -1,0 +1,124 @@
+"""Files: validation on upload, names, listing with cursors, reports, ownership and deletion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from preftune.config import Settings
+from preftune.errors import ConflictError, InvalidRequestError, NotFoundError
+from preftune.service import files as file_service
+from preftune.service import jobs as job_service
+from preftune.store.blobs import BlobStore
+from preftune.store.db import Database
+
+
+def test_valid_upload_is_processed_with_counts(
+    db: Database, blobs: BlobStore, alice: Any, small_orca: Path
+) -> None:
+    with db.session() as session:
+        record = file_service.create_file(
+            session,
+            alice.owner_id,
+            blobs.put_path(small_orca),
+            filename="/tmp/x/orca.jsonl",
+            name="orca-pairs",
+        )
+        assert record.status == "processed" and record.status_details is None
+        assert record.format == "preference" and record.n_examples == 12
+        assert record.filename == "orca.jsonl" and record.bytes == small_orca.stat().st_size
+        report = file_service.get_report(session, alice.owner_id, record.id)
+        assert report["ok"] is True and "path" not in report
+        # A dataset name works wherever an id does.
+        assert file_service.get_file(session, alice.owner_id, "orca-pairs").id == record.id
+
+
+def test_invalid_upload_is_kept_with_an_error_naming_the_line(
+    db: Database, blobs: BlobStore, alice: Any, small_orca: Path, tmp_path: Path
+) -> None:
+    lines = small_orca.read_text().splitlines()
+    lines[3] = lines[3].replace('"preferred_output"', '"chosen"')
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    with db.session() as session:
+        record = file_service.create_file(session, alice.owner_id, blobs.put_path(bad), filename="bad.jsonl")
+        assert record.status == "error"
+        assert record.status_details is not None and "line 4" in record.status_details
+        summary = file_service.report_summary(record.report)
+        assert summary is not None and summary["n_errors"] >= 1 and summary["errors"][0]["line"] == 4
+
+
+def test_names_follow_the_resource_rule_and_are_unique(
+    db: Database, blobs: BlobStore, alice: Any, bob: Any, small_orca: Path
+) -> None:
+    blob = blobs.put_path(small_orca)
+    with db.session() as session:
+        for bad in ("Orca", "-orca", "orca-", "a" * 64, "orca_pairs"):
+            with pytest.raises(InvalidRequestError) as info:
+                file_service.create_file(session, alice.owner_id, blob, filename="o.jsonl", name=bad)
+            assert info.value.param == "name"
+        file_service.create_file(session, alice.owner_id, blob, filename="o.jsonl", name="orca")
+        with pytest.raises(ConflictError) as conflict:
+            file_service.create_file(session, alice.owner_id, blob, filename="o.jsonl", name="orca")
+        assert conflict.value.param == "name"
+        # Names are per owner.
+        file_service.create_file(session, bob.owner_id, blob, filename="o.jsonl", name="orca")
+
+
+def test_list_is_newest_first_with_cursor_pages(
+    db: Database, blobs: BlobStore, alice: Any, bob: Any, small_orca: Path
+) -> None:
+    blob = blobs.put_path(small_orca)
+    with db.session() as session:
+        ids = [
+            file_service.create_file(session, alice.owner_id, blob, filename=f"{i}.jsonl").id
+            for i in range(5)
+        ]
+        file_service.create_file(session, bob.owner_id, blob, filename="bob.jsonl")
+        seen: list[str] = []
+        after = None
+        while True:
+            page = file_service.list_files(session, alice.owner_id, limit=2, after=after)
+            seen += [f.id for f in page.data]
+            if not page.has_more:
+                break
+            after = page.last_id
+        assert seen == ids[::-1]
+        with pytest.raises(InvalidRequestError):
+            file_service.list_files(session, alice.owner_id, limit=0)
+
+
+def test_another_owners_file_is_not_found(
+    db: Database, blobs: BlobStore, alice: Any, bob: Any, orca_file_id: str
+) -> None:
+    with db.session() as session:
+        for call in (
+            lambda: file_service.get_file(session, bob.owner_id, orca_file_id),
+            lambda: file_service.get_report(session, bob.owner_id, orca_file_id),
+            lambda: file_service.content_path(session, bob.owner_id, orca_file_id, blobs),
+            lambda: file_service.delete_file(session, bob.owner_id, orca_file_id, blobs),
+        ):
+            with pytest.raises(NotFoundError) as info:
+                call()
+            assert info.value.message == f"file {orca_file_id!r} not found"
+        assert file_service.content_path(session, alice.owner_id, orca_file_id, blobs).is_file()
+
+
+def test_delete_removes_the_blob_when_unused_and_refuses_while_a_job_needs_it(
+    db: Database, blobs: BlobStore, settings: Settings, alice: Any, orca_file_id: str, tiny_model_dir: Path
+) -> None:
+    with db.session() as session:
+        path = file_service.content_path(session, alice.owner_id, orca_file_id, blobs)
+        job = job_service.create_job(
+            session, alice.owner_id, model=str(tiny_model_dir), training_file=orca_file_id, settings=settings
+        )
+        with pytest.raises(ConflictError) as info:
+            file_service.delete_file(session, alice.owner_id, orca_file_id, blobs)
+        assert job.id in info.value.message
+        job_service.cancel_job(session, alice.owner_id, job.id)
+        file_service.delete_file(session, alice.owner_id, orca_file_id, blobs)
+        assert not path.exists()
+        with pytest.raises(NotFoundError):
+            file_service.get_file(session, alice.owner_id, orca_file_id)
