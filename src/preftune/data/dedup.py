@@ -21,30 +21,30 @@ class DuplicateFinder:
         bits = MIN_BITS
         while bits < min(size_hint_bytes, MAX_BITS):
             bits <<= 1
-        self._mask = bits - 1
-        self._bitmap = bytearray(bits >> 3)
-        self._hashes = array("q")
-        self._lines = array("L")
-        self._candidates: set[int] = set()
+        self.mask = bits - 1
+        self.bitmap = bytearray(bits >> 3)
+        self.hashes = array("q")
+        self.lines = array("L")
+        self.candidates: set[int] = set()
 
     def add(self, key: bytes, line: int) -> None:
         h = hash(key)
-        self._hashes.append(h)
-        self._lines.append(line)
-        i = h & self._mask
+        self.hashes.append(h)
+        self.lines.append(line)
+        i = h & self.mask
         bit = 1 << (i & 7)
-        if self._bitmap[i >> 3] & bit:
-            self._candidates.add(h)
+        if self.bitmap[i >> 3] & bit:
+            self.candidates.add(h)
         else:
-            self._bitmap[i >> 3] |= bit
+            self.bitmap[i >> 3] |= bit
 
     def duplicates(self) -> Iterator[tuple[int, int]]:
         """(line, line of its first occurrence) for every repeated row, in file order."""
-        if not self._candidates:
+        if not self.candidates:
             return
         first: dict[int, int] = {}
-        candidates = self._candidates
-        for h, line in zip(self._hashes, self._lines, strict=True):
+        candidates = self.candidates
+        for h, line in zip(self.hashes, self.lines, strict=True):
             if h in candidates:
                 if h in first:
                     yield line, first[h]

@@ -44,6 +44,13 @@ def open_lines(path: Path) -> Iterator[tuple[IO[bytes], IO[bytes]]]:
         raw.close()
 
 
+def skip_rest_of_line(stream: IO[bytes]) -> None:
+    """After a line cut at `MAX_LINE_BYTES`, read (in bounded chunks) up to the next newline."""
+    while rest := stream.readline(MAX_LINE_BYTES):
+        if rest.endswith(b"\n"):
+            return
+
+
 def iter_lines(
     stream: IO[bytes], raw: IO[bytes] | None = None, progress: ProgressCallback | None = None, total: int = 0
 ) -> Iterator[tuple[int, bytes | None]]:
@@ -56,10 +63,7 @@ def iter_lines(
             break
         lineno += 1
         if len(line) == MAX_LINE_BYTES and not line.endswith(b"\n"):
-            while True:
-                rest = readline(MAX_LINE_BYTES)
-                if not rest or rest.endswith(b"\n"):
-                    break
+            skip_rest_of_line(stream)
             yield lineno, None
             continue
         if progress is not None and raw is not None and not lineno & 0x3FFF:

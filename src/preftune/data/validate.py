@@ -80,7 +80,12 @@ def _decode_problem(line: bytes, lineno: int, exc: Exception) -> tuple[str, str]
 
 
 def _whitespace_only_difference(a: str, b: str) -> bool:
-    return a != b and a.split() == b.split()
+    # Cheap necessary condition first (strip returns the same object when there is nothing to
+    # strip): the first and last visible characters must agree before splitting whole answers.
+    a_s, b_s = a.strip(), b.strip()
+    if a_s[:1] != b_s[:1] or a_s[-1:] != b_s[-1:]:
+        return False
+    return a.split() == b.split()
 
 
 def validate_file(
@@ -153,100 +158,133 @@ def _check_count(report: ValidationReport) -> None:
         )
 
 
+def _slow_check(
+    line: bytes, lineno: int, state: _ScanState, report: ValidationReport
+) -> tuple[str, ...] | None:
+    """Decode and check a line the fast path did not accept; returns its answers when it is valid after all."""
+    try:
+        obj = _generic.decode(line)
+    except Exception as exc:  # msgspec.DecodeError, UnicodeDecodeError, RecursionError on absurd nesting
+        message, code = _decode_problem(line, lineno, exc)
+        report.add_error(lineno, None, message, code)
+        return None
+    result = check_row(obj, lineno, state.format)
+    if result.format is not None and state.format is None:
+        state.format, state.format_line = result.format, lineno
+    elif result.format is not None and result.format != state.format:
+        report.add_error(
+            lineno,
+            None,
+            f"this line is {FORMAT_NAMES[result.format]} but line {state.format_line} "
+            f"is {FORMAT_NAMES[state.format or 'preference']}; one file holds one format",
+            "mixed_formats",
+        )
+        return None
+    for field, message, code in result.errors:
+        report.add_error(lineno, field, message, code)
+    example = result.example
+    if result.errors or example is None:
+        return None
+    if isinstance(example, PreferenceExample):
+        return (example.preferred["content"], example.non_preferred["content"])
+    return ()
+
+
+class _ScanState:
+    format: Format | None = None
+    format_line: int = 0
+
+
 def _scan(path: Path, report: ValidationReport, progress: reader.ProgressCallback | None) -> None:
-    fmt: Format | None = None
-    fmt_line = 0
+    # The hot loop: one pass, bounded lines, the typed fast path first; per-line work kept to a minimum.
+    state = _ScanState()
     fast = None
     dups = DuplicateFinder(report.n_bytes)
-    n_examples = n_valid = n_blank = 0
-    lineno = 0
-    add_error = report.add_error
+    hashes_append, lines_append, candidates_add = dups.hashes.append, dups.lines.append, dups.candidates.add
+    bitmap, mask = dups.bitmap, dups.mask
+    n_examples = n_valid = n_blank = lineno = 0
+    limit, total = reader.MAX_LINE_BYTES, report.n_bytes
     add_warning = report.add_warning
     with reader.open_lines(path) as (stream, raw):
-        for lineno, line in reader.iter_lines(stream, raw, progress, report.n_bytes):
-            report.n_lines = lineno
-            if line is None:
-                n_examples += 1
-                add_error(
-                    lineno,
-                    None,
-                    f"the line is longer than {reader.MAX_LINE_BYTES // 2**20} MiB; no example "
-                    "can be that long",
-                    "line_too_long",
-                )
-                continue
-            if lineno == 1 and line.startswith(reader.BOM):
-                line = line[len(reader.BOM) :]
-            if not line or line.isspace():
-                n_blank += 1
-                add_error(
-                    lineno,
-                    None,
-                    "the line is blank; remove it (each line must be one JSON object)",
-                    "blank_line",
-                )
-                continue
-            n_examples += 1
-            answers = fast(line) if fast is not None else None
-            if answers is None:
-                try:
-                    obj = _generic.decode(line)
-                except Exception as exc:  # msgspec.DecodeError, UnicodeDecodeError, RecursionError
-                    message, code = _decode_problem(line, lineno, exc)
-                    add_error(lineno, None, message, code)
-                    continue
-                result = check_row(obj, lineno, fmt)
-                if result.format is not None and fmt is None:
-                    fmt, fmt_line = result.format, lineno
-                    fast = FAST_CHECKS[fmt]
-                elif result.format is not None and result.format != fmt:
-                    add_error(
+        readline = stream.readline
+        try:
+            while line := readline(limit):
+                lineno += 1
+                if len(line) == limit and not line.endswith(b"\n"):
+                    reader.skip_rest_of_line(stream)
+                    n_examples += 1
+                    report.add_error(
                         lineno,
                         None,
-                        f"this line is {FORMAT_NAMES[result.format]} but line {fmt_line} is "
-                        f"{FORMAT_NAMES[fmt or 'preference']}; one file holds one format",
-                        "mixed_formats",
+                        f"the line is longer than {limit // 2**20} MiB; no example can be that long",
+                        "line_too_long",
                     )
                     continue
-                for field, message, code in result.errors:
-                    add_error(lineno, field, message, code)
-                if result.errors or result.example is None:
+                if not lineno & 0x3FFF and progress is not None:
+                    progress(raw.tell(), total)
+                if lineno == 1 and line.startswith(reader.BOM):
+                    line = line[len(reader.BOM) :]
+                if line.isspace() or not line:
+                    n_blank += 1
+                    report.add_error(
+                        lineno,
+                        None,
+                        "the line is blank; remove it (each line must be one JSON object)",
+                        "blank_line",
+                    )
                     continue
-                example = result.example
-                answers = (
-                    (example.preferred["content"], example.non_preferred["content"])
-                    if isinstance(example, PreferenceExample)
-                    else ()
-                )
-            n_valid += 1
-            if answers:
-                preferred, non_preferred = answers
-                if preferred == non_preferred:
+                n_examples += 1
+                answers = fast(line) if fast is not None else None
+                if answers is None:
+                    answers = _slow_check(line, lineno, state, report)
+                    if answers is None:
+                        continue
+                    if fast is None and state.format is not None:
+                        fast = FAST_CHECKS[state.format]
+                n_valid += 1
+                if answers:
+                    preferred, non_preferred = answers
+                    if preferred == non_preferred:
+                        add_warning(
+                            lineno,
+                            "non_preferred_output[0].content",
+                            "the preferred and non-preferred "
+                            "answers are identical, so the pair teaches nothing",
+                            "identical_answers",
+                        )
+                    elif _whitespace_only_difference(preferred, non_preferred):
+                        add_warning(
+                            lineno,
+                            "non_preferred_output[0].content",
+                            "the answers differ only in whitespace, so the pair teaches mostly formatting",
+                            "whitespace_only_difference",
+                        )
+                if len(line) > LONG_LINE_BYTES:
                     add_warning(
                         lineno,
-                        "non_preferred_output[0].content",
-                        "the preferred and non-preferred answers are identical, so the pair teaches nothing",
-                        "identical_answers",
+                        None,
+                        f"the line is very long ({len(line):,} bytes); it will likely be "
+                        "truncated at training (see max_length)",
+                        "long_line",
                     )
-                elif _whitespace_only_difference(preferred, non_preferred):
-                    add_warning(
-                        lineno,
-                        "non_preferred_output[0].content",
-                        "the answers differ only in whitespace, so the pair teaches mostly formatting",
-                        "whitespace_only_difference",
-                    )
-            if len(line) > LONG_LINE_BYTES:
-                add_warning(
-                    lineno,
-                    None,
-                    f"the line is very long ({len(line):,} bytes); it will likely be "
-                    "truncated at training (see max_length)",
-                    "long_line",
-                )
-            dups.add(line.rstrip(), lineno)
-    report.format = fmt
-    report.n_examples = n_examples
-    report.n_valid = n_valid
+                # Duplicate check inlined (see dedup.py): the last line may lack its newline.
+                h = hash(line) if line.endswith(b"\n") else hash(line + b"\n")
+                hashes_append(h)
+                lines_append(lineno)
+                i = h & mask
+                byte = bitmap[i >> 3]
+                bit = 1 << (i & 7)
+                if byte & bit:
+                    candidates_add(h)
+                else:
+                    bitmap[i >> 3] = byte | bit
+        finally:
+            report.n_lines = lineno
+            report.format = state.format
+            report.n_examples = n_examples
+            report.n_valid = n_valid
+    if progress is not None:
+        progress(total, total)
     n_dups = 0
     for line_no, first in dups.duplicates():
         n_dups += 1
