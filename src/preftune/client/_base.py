@@ -106,13 +106,20 @@ class HTTPTransport:
 
     @contextmanager
     def stream(
-        self, path: str, *, params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None
+        self,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        method: str = "GET",
+        json: Any = None,
     ) -> Iterator[httpx.Response]:
-        """GET with a streamed body; raises the typed error for a non-2xx answer."""
+        """A request with a streamed body (GET, or POST with `json` for chat); raises the typed error
+        for a non-2xx answer."""
         clean_params = {k: v for k, v in (params or {}).items() if v is not None}
         try:
             with self._client.stream(
-                "GET", path, params=clean_params, headers=dict(headers or {})
+                method, path, params=clean_params, headers=dict(headers or {}), json=json
             ) as response:
                 if response.status_code >= 400:
                     response.read()

@@ -288,7 +288,7 @@ class ModelWorker:
         token = sample_token(logits, seq.params, seq.generator)
         seq.generated.append(token)
         self.tokens_generated += 1
-        if token in self.eos_ids:
+        if token in self.eos_ids and not seq.params.ignore_eos:
             self._finish(seq, "stop")
             return False
         delta, hit_stop = seq.detok.push(token)

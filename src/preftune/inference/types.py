@@ -45,6 +45,7 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False  # generate exactly max_tokens (benchmarks), as vLLM's option of that name
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,237 @@
+"""Serving throughput: preftune's batching engine against plain `transformers.generate`, one run.
+
+1, 4 and 16 concurrent clients each ask for 64 new tokens (EOS ignored, greedy, so both sides
+do the same work). The baseline is what you get without a server: call `model.generate` for
+one request at a time, in arrival order. preftune is the embedded `LocalEngine` (the one behind
+`/v1/chat/completions`), driven by asyncio clients in the same process. Reported: aggregate
+new tokens/s, time to first token p50/p99, and preftune's ratio over the baseline.
+
+    .venv/bin/python benchmarks/serve_throughput.py [--model smollm2-135m-instruct] [--write-results]
+
+Target at 16 clients: >= 4x the baseline's aggregate tokens/s, TTFT p50 under 2x the single-request time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.generation.streamers import BaseStreamer
+
+from preftune.config import Settings
+from preftune.inference.local import EngineConfig, LocalEngine
+from preftune.inference.prompts import render_prompt
+from preftune.inference.types import Finished, ModelTarget, SamplingParams, TextDelta
+from preftune.training.models import DEFAULT_MODEL, resolve_model
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+START, END = "<!-- serve_throughput:start -->", "<!-- serve_throughput:end -->"
+QUESTIONS = [
+    "What is the capital of France?",
+    "Explain photosynthesis in one paragraph.",
+    "Write a haiku about the sea.",
+    "How do I reverse a list in Python?",
+    "Why is the sky blue?",
+    "Give me three tips for sleeping better.",
+    "What does DPO stand for in machine learning?",
+    "Summarise the plot of Hamlet.",
+    "How far is the Moon from the Earth?",
+    "What is a prime number?",
+    "Translate 'good morning' into Spanish.",
+    "Name the planets of the solar system.",
+    "What causes rain?",
+    "How does a bicycle stay upright?",
+    "Suggest a name for a grey cat.",
+    "What is the boiling point of water at sea level?",
+]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summarise(ttfts: list[float], tokens: int, wall: float) -> dict[str, float]:
+    return {
+        "tokens_per_s": tokens / wall,
+        "ttft_p50_s": statistics.median(ttfts),
+        "ttft_p99_s": percentile(ttfts, 0.99),
+        "wall_s": wall,
+    }
+
+
+class _FirstToken(BaseStreamer):
+    """Notes when `generate` produces its first new token (the first `put` is the prompt)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.first: float | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        self.calls += 1
+        if self.calls == 2 and self.first is None:
+            self.first = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def baseline(model: Any, prompts: list[list[int]], new_tokens: int) -> dict[str, float]:
+    """All clients arrive at once; plain transformers answers them one after another."""
+    start = time.perf_counter()
+    ttfts, total = [], 0
+    for prompt in prompts:
+        streamer = _FirstToken()
+        with torch.inference_mode():
+            out = model.generate(
+                torch.tensor([prompt]),
+                attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                streamer=streamer,
+                pad_token_id=model.generation_config.eos_token_id,
+            )
+        total += out.shape[1] - len(prompt)
+        ttfts.append((streamer.first or time.perf_counter()) - start)
+    return summarise(ttfts, total, time.perf_counter() - start)
+
+
+async def preftune(
+    engine: LocalEngine, target: ModelTarget, messages: list[list[dict[str, str]]], new_tokens: int
+) -> dict[str, float]:
+    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    start = time.perf_counter()
+
+    async def client(conversation: list[dict[str, str]]) -> tuple[float, int]:
+        generation = await engine.generate(target, conversation, params)
+        first: float | None = None
+        async for event in generation:
+            if isinstance(event, TextDelta) and first is None:
+                first = time.perf_counter()
+            if isinstance(event, Finished):
+                return (first or time.perf_counter()) - start, event.completion_tokens
+        raise RuntimeError("no finish")
+
+    results = await asyncio.gather(*(client(m) for m in messages))
+    return summarise([r[0] for r in results], sum(r[1] for r in results), time.perf_counter() - start)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    models_dir = Path(args.models_dir) if args.models_dir else Settings().models_dir
+    path = resolve_model(args.model, models_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    engine = LocalEngine(EngineConfig(device="cpu"))
+    await engine.start()
+    target = ModelTarget(args.model, path)
+    await engine.load(target)
+    rows = []
+    for clients in args.clients:
+        conversations = [[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}] for i in range(clients)]
+        prompts = [render_prompt(tokenizer, c) for c in conversations]
+        # Warm both paths once so neither pays first-call costs inside the measurement.
+        baseline(model, prompts[:1], 4)
+        await preftune(engine, target, conversations[:1], 4)
+        base = baseline(model, prompts, args.new_tokens)
+        ours = await preftune(engine, target, conversations, args.new_tokens)
+        rows.append(
+            {
+                "clients": clients,
+                "baseline": base,
+                "preftune": ours,
+                "ratio": ours["tokens_per_s"] / base["tokens_per_s"],
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    await engine.stop()
+    single = next((r for r in rows if r["clients"] == 1), rows[0])
+    return {
+        "model": args.model,
+        "new_tokens": args.new_tokens,
+        "rows": rows,
+        "single_request_ttft_s": single["baseline"]["ttft_p50_s"],
+        "single_request_latency_s": single["baseline"]["wall_s"],
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+    }
+
+
+def markdown(result: dict[str, Any], command: str) -> str:
+    lines = [
+        START,
+        "## Serving throughput (`benchmarks/serve_throughput.py`)",
+        "",
+        f"Model `{result['model']}`, {result['new_tokens']} new tokens per client (greedy, EOS ignored), "
+        f"{result['machine']}. Baseline: `transformers` `generate`, one request at a time. "
+        "preftune: the embedded `LocalEngine` (continuous batching), same process.",
+        "",
+        "| clients | baseline tok/s | baseline TTFT p50 / p99 (s) | preftune tok/s | preftune TTFT p50 / p99 (s) "
+        "| tok/s ratio |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in result["rows"]:
+        b, p = row["baseline"], row["preftune"]
+        lines.append(
+            f"| {row['clients']} | {b['tokens_per_s']:.1f} | {b['ttft_p50_s']:.3f} / {b['ttft_p99_s']:.3f} "
+            f"| {p['tokens_per_s']:.1f} | {p['ttft_p50_s']:.3f} / {p['ttft_p99_s']:.3f} | {row['ratio']:.2f}x |"
+        )
+    lines += [
+        "",
+        f"Single request alone: time to first token {result['single_request_ttft_s']:.3f} s, whole answer "
+        f"{result['single_request_latency_s']:.2f} s.",
+        "",
+        f"Command: `{command}`",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def write_results(section: str) -> None:
+    text = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Benchmark results\n"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    RESULTS.write_text(text, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--models-dir", default=None, help="default: PREFTUNE_HOME/models")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--write-results", action="store_true", help=f"update this benchmark's section of {RESULTS}"
+    )
+    args = parser.parse_args()
+    result = asyncio.run(run(args))
+    section = markdown(result, "python benchmarks/serve_throughput.py " + " ".join(sys.argv[1:]))
+    print(section)
+    if args.write_results:
+        write_results(section)
+
+
+if __name__ == "__main__":
+    main()
