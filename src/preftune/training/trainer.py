@@ -19,7 +19,7 @@ import torch
 
 from preftune.errors import InvalidRequestError, PreftuneError, TrainingError
 from preftune.training import callbacks as events
-from preftune.training.callbacks import TrainCallbacks
+from preftune.training.callbacks import CallbackList, TrainCallbacks
 from preftune.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 from preftune.training.dataset import TokenizedData, check_file, tokenize_file
 from preftune.training.logps import sequence_logps
@@ -39,6 +39,7 @@ from preftune.training.sampling import epoch_steps, micro_batches, steps_per_epo
 from preftune.training.schedule import build_scheduler
 from preftune.training.spec import TrainingSpec
 from preftune.training.tokenize import PairTokens, SFTTokens
+from preftune.training.tracking import wandb_callbacks
 
 REFERENCE_CACHE = "reference_logps.pt"
 
@@ -59,6 +60,10 @@ def train(
     User errors raise `DataValidationError`, `TrainingSpecError`, `ModelNotFoundError` or
     `InvalidRequestError`; anything else that goes wrong raises `TrainingError`.
     """
+    hooks = callbacks or TrainCallbacks()
+    tracker = wandb_callbacks(spec, output_dir=Path(output_dir))
+    if tracker is not None:
+        hooks = CallbackList([hooks, tracker])
     run = _Run(
         spec,
         model,
@@ -67,20 +72,25 @@ def train(
         Path(validation_file) if validation_file else None,
         Path(models_dir),
         resume,
-        callbacks or TrainCallbacks(),
+        hooks,
     )
     try:
-        return run.execute()
-    except PreftuneError:
-        raise
-    except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
-        raise TrainingError(
-            f"out of memory: {exc}. Lower batch_size or max_length, raise gradient_accumulation_steps, "
-            "or turn on gradient_checkpointing.",
-            code="out_of_memory",
-        ) from exc
-    except Exception as exc:
+        result = run.execute()
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.finish(exit_code=1)
+        if isinstance(exc, PreftuneError | KeyboardInterrupt | SystemExit):
+            raise
+        if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+            raise TrainingError(
+                f"out of memory: {exc}. Lower batch_size or max_length, raise gradient_accumulation_steps, "
+                "or turn on gradient_checkpointing.",
+                code="out_of_memory",
+            ) from exc
         raise TrainingError(f"training failed: {type(exc).__name__}: {exc}") from exc
+    if tracker is not None:
+        tracker.finish()  # a stopped run has no TRAINING_COMPLETE to close it
+    return result
 
 
 def _n_targets(example: PairTokens | SFTTokens) -> int:

@@ -1,0 +1,44 @@
+"""`preftune train`: flags generated from TrainingSpec, --config with flags winning, readable errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from preftune.cli.main import app
+from preftune.cli.train import collect_spec
+from preftune.errors import TrainingSpecError
+from preftune.training.spec import TrainingSpec
+
+
+def test_every_knob_is_a_flag_with_its_help() -> None:
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0
+    for name in TrainingSpec.model_fields:
+        assert "--" + name.replace("_", "-") in result.output, name
+    assert "--no-lora" in result.output and "--resume" in result.output and "--config" in result.output
+
+
+def test_config_file_then_flags(tmp_path: Path) -> None:
+    config = tmp_path / "spec.yaml"
+    config.write_text("dpo_beta: 0.3\nbatch_size: 2\nlora: false\n")
+    spec = collect_spec(config, {"dpo_beta": 0.5, "learning_rate": None, "gradient_checkpointing": "false"})
+    assert spec.dpo_beta == 0.5 and spec.batch_size == 2 and spec.lora is False
+    assert spec.gradient_checkpointing is False and spec.learning_rate == TrainingSpec().learning_rate
+    config.write_text("dpo_betta: 0.3\n")
+    with pytest.raises(TrainingSpecError, match="dpo_betta"):
+        collect_spec(config, {})
+
+
+def test_bad_input_exits_with_a_message(tmp_path: Path, pairs_file: Path, preftune_home: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["train", "-t", str(pairs_file), "-o", str(tmp_path / "o"), "--dpo-beta", "0"]
+    )
+    assert result.exit_code == 2 and "dpo_beta" in result.output
+    result = runner.invoke(
+        app, ["train", "-t", str(pairs_file), "-o", str(tmp_path / "o"), "-m", "nope/none"]
+    )
+    assert result.exit_code == 4 and "not found" in result.output
