@@ -218,7 +218,7 @@ def _by_idempotency_key(session: Session, owner_id: str, key: str, fingerprint: 
 
 
 def get_job(session: Session, owner_id: str, job_id: str) -> Job:
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.owner_id != owner_id:
         raise NotFoundError(f"fine-tuning job {job_id!r} not found", param="job_id", code="job_not_found")
     return job

@@ -72,7 +72,9 @@ def reap_expired(session: Session, settings: Settings) -> list[str]:
     stamp = now()
     ended: list[str] = []
     rows = session.scalars(
-        select(Job).where(Job.status.in_([s.value for s in ACTIVE]), Job.lease_expires_at < stamp)
+        select(Job)
+        .where(Job.status.in_([s.value for s in ACTIVE]), Job.lease_expires_at < stamp)
+        .execution_options(populate_existing=True)
     ).all()
     for job in rows:
         if job.status == JobStatus.CANCEL_REQUESTED:
@@ -146,7 +148,10 @@ def claim_job(session: Session, runner_id: str, settings: Settings, blobs: BlobS
 
 
 def _start_attempt(session: Session, token: str, settings: Settings, blobs: BlobStore) -> ClaimedJob:
-    job = session.scalars(select(Job).where(Job.claim_token == token)).one()
+    # populate_existing: the session may hold this row from before the UPDATE (expire_on_commit is off).
+    job = session.scalars(
+        select(Job).where(Job.claim_token == token).execution_options(populate_existing=True)
+    ).one()
     # Started before (a dead runner, a failed attempt or a runner shut down): resume, do not start over.
     restarted = job.started_at is not None
     last = session.scalar(
@@ -195,7 +200,11 @@ def _start_attempt(session: Session, token: str, settings: Settings, blobs: Blob
 
 
 def _held(session: Session, job_id: str, token: str) -> Job:
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.claim_token == token))
+    job = session.scalar(
+        select(Job)
+        .where(Job.id == job_id, Job.claim_token == token)
+        .execution_options(populate_existing=True)
+    )
     if job is None:
         session.rollback()
         raise LeaseLostError(f"job {job_id}: this runner's lease is gone")
