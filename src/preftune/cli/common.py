@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from preftune import errors
@@ -56,7 +57,10 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except errors.PreftuneError as exc:
             where = f" [param: {exc.param}]" if exc.param else ""
-            err_console.print(f"[bold red]error:[/] {exc.message}{where}", highlight=False)
+            # soft_wrap: one line per error, so it can be grepped and copied whole.
+            err_console.print(
+                f"[bold red]error:[/] {escape(exc.message + where)}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(exit_code_for(exc)) from None
 
     return wrapper
