@@ -85,3 +85,29 @@ def test_sft_targets_only_labelled_tokens(tiny: tuple[torch.nn.Module, object]) 
         )
     assert counts.tolist() == [8.0, 3.0]
     assert sums[0].item() == pytest.approx(plain_logp(model, ids[:12], ids[12:]), abs=1e-4)
+
+
+def test_bf16_autocast_logps_close_to_fp32(tiny: tuple[torch.nn.Module, object]) -> None:
+    model, _ = tiny
+    batch = pack(random_pairs(3, seed=3), pad_id=2)
+    with torch.no_grad():
+        fp32, _ = sequence_logps(model, batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16, _ = sequence_logps(model, batch)
+    assert bf16.dtype == torch.float32, "log-softmax runs in float32 even under autocast"
+    torch.testing.assert_close(bf16, fp32, rtol=2e-2, atol=0.5)
+
+
+def test_activation_checkpointing_gives_the_same_logps_and_gradients(tiny_model_dir: Path) -> None:
+    batch = pack(random_pairs(3, seed=4), pad_id=2)
+    results = []
+    for checkpointing in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        sums, _ = sequence_logps(model, batch)
+        sums.sum().backward()
+        results.append((sums.detach(), model.model.layers[0].mlp.up_proj.weight.grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,10 @@ def _n_targets(example: PairTokens | SFTTokens) -> int:
 
 def _mean(values: list[torch.Tensor]) -> float:
     return float(torch.cat(values).float().mean()) if values else float("nan")
+
+
+class _Stopped(Exception):
+    """`should_stop()` said yes outside the training loop (reference pass, evaluation)."""
 
 
 class _Run:
@@ -238,12 +243,17 @@ class _Run:
             out = torch.zeros(len(data.examples), 2)
             with torch.no_grad(), self._autocast():
                 for start in range(0, len(data.examples), self.spec.batch_size):
+                    if self.callbacks.should_stop():
+                        raise _Stopped
                     ids = list(range(start, min(start + self.spec.batch_size, len(data.examples))))
                     sums, _ = sequence_logps(self.policy.model, self._batch(data, ids))
                     out[ids] = sums.float().reshape(-1, 2).cpu()
             self.reference_cache[split] = out
         self.policy.model.train()
-        torch.save(self.reference_cache, path)
+        # Written atomically: a resumed run needs the starting weights' values, and only complete ones.
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(self.reference_cache, tmp)
+        os.replace(tmp, path)
 
     def _weights(self, data: TokenizedData, micro: list[list[int]]) -> list[float]:
         """Each micro-batch's share of the step, so accumulation equals one big batch.
@@ -265,17 +275,21 @@ class _Run:
         self.policy.model.eval()
         collected: dict[str, list[torch.Tensor]] = {}
         loss_sum, weight_sum = 0.0, 0.0
-        with torch.no_grad():
-            for start in range(0, len(data.examples), self.spec.batch_size):
-                ids = list(range(start, min(start + self.spec.batch_size, len(data.examples))))
-                batch = self._batch(data, ids)
-                out = self._loss(batch, "eval", ids)
-                weight = float(len(ids)) if self.is_dpo else float(batch.targets.numel())
-                loss_sum += float(out.loss) * weight
-                weight_sum += weight
-                for key, value in out.metrics.items():
-                    collected.setdefault(key, []).append(value.detach().float().cpu())
-        self.policy.model.train()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(data.examples), self.spec.batch_size):
+                    if self.callbacks.should_stop():
+                        raise _Stopped
+                    ids = list(range(start, min(start + self.spec.batch_size, len(data.examples))))
+                    batch = self._batch(data, ids)
+                    out = self._loss(batch, "eval", ids)
+                    weight = float(len(ids)) if self.is_dpo else float(batch.targets.numel())
+                    loss_sum += float(out.loss) * weight
+                    weight_sum += weight
+                    for key, value in out.metrics.items():
+                        collected.setdefault(key, []).append(value.detach().float().cpu())
+        finally:
+            self.policy.model.train()
         line: dict[str, Any] = {
             "step": step,
             "epoch": round(step / self.steps_per_epoch, 4),
@@ -320,7 +334,11 @@ class _Run:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._load()
         self._plan()
-        self._build_reference_cache()
+        stopped = False
+        try:
+            self._build_reference_cache()
+        except _Stopped:
+            stopped = True
         start_step, totals, resumed_from = self._restore()
         for key in ("tokens_seen", "examples_seen", "wall_time_s"):
             totals.setdefault(key, 0.0)
@@ -345,7 +363,6 @@ class _Run:
         checkpoints = list_checkpoints(self.output_dir / "checkpoints")
         last_line: dict[str, Any] = {}
         last_eval: dict[str, Any] = {}
-        stopped = False
         step = start_step
         order: dict[int, list[list[int]]] = {}
         loop_started = time.perf_counter()
@@ -411,7 +428,11 @@ class _Run:
             )
 
             if step in self.eval_steps:
-                last_eval = self._evaluate(step)
+                try:
+                    last_eval = self._evaluate(step)
+                except _Stopped:
+                    stopped = True
+                    break
                 self.metrics.append(last_eval)
                 self.callbacks.on_step(
                     {
