@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -134,7 +135,7 @@ def test_dpo_job_from_the_form_trains_and_the_chart_grows(
             shot_running = True
         page.wait_for_timeout(250)
     assert status.inner_text() == "completed", f"job ended so: {page.locator('main').inner_text()[:2000]}"
-    page.wait_for_function("document.querySelector('[aria-label=Loss]').dataset.points === '6'")
+    expect(loss).to_have_attribute("data-points", "6")
     assert seen[-1] <= 6 and len(seen) >= 2, seen
     for chart in ("Reward accuracy", "Reward margin", "Log-probs: chosen and rejected", "Learning rate"):
         assert int(page.get_by_role("group", name=chart).get_attribute("data-points") or 0) > 0, chart
@@ -159,9 +160,8 @@ def test_playground_streams_two_models_side_by_side(page: Any, sign_in: SignIn, 
     page.get_by_label("Max tokens").fill("12")
     page.get_by_label("Message").fill("Say hello.")
     page.get_by_role("button", name="Send to both").click()
-    page.wait_for_function(
-        "document.querySelectorAll('.msg.assistant[data-done=true]').length === 2", timeout=120_000
-    )
+    done = page.locator(".msg.assistant[data-done=true]")
+    expect(done).to_have_count(2, timeout=120_000)
     answers = page.locator(".msg.assistant .body")
     for i in range(2):
         text = answers.nth(i).inner_text()

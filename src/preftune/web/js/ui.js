@@ -41,7 +41,7 @@ export function nextId(prefix = "f") {
 export function flash(message, kind = "error") {
   const box = document.getElementById("flash");
   const close = h("button.link.close", { type: "button", "aria-label": "Dismiss message" }, "Dismiss");
-  const el = h(`div.alert.${kind}`, close, message);
+  const el = h(`div.alert.${kind}`, { role: kind === "error" ? "alert" : "status" }, close, message);
   close.addEventListener("click", () => el.remove());
   box.replaceChildren(el);
   if (kind !== "error") setTimeout(() => el.remove(), 6000);

@@ -208,32 +208,47 @@ function issueTable(items, what) {
 
 /** Token-length histograms for prompt / preferred / non-preferred when the report carries them. */
 function tokenStats(report, model) {
-  const stats = report.token_stats || report.token_lengths || null;
+  const stats = report.token_stats || null;
   if (!model && !stats) return h("p.muted", "Pick a model above to see token-length histograms of prompts and answers.");
   if (!stats) {
     return h("p.muted", `The server returned no token statistics for ${model}; the counts above are complete.`);
   }
   const labels = { prompt: "Prompt", preferred: "Preferred answer", non_preferred: "Non-preferred answer",
-    completion: "Completion", total: "Prompt + answer" };
-  const cards = Object.entries(stats)
-    .filter(([, v]) => v && typeof v === "object")
-    .map(([key, v]) => histogram(labels[key] || key, v));
+    sequence: "Whole example" };
+  const entries = Object.entries(labels).filter(([key]) => stats[key] && typeof stats[key] === "object");
+  // One scale for every card, so the prompt and the answers compare at a glance.
+  const scale = Math.max(1, ...entries.map(([key]) => Number(stats[key].max) || 0));
   return h("div", h("h3", `Token lengths${stats.model || model ? ` (${stats.model || model} tokenizer)` : ""}`),
-    h("div.grid3", cards));
+    stats.max_length ? h("p.muted", `${stats.truncated ?? 0} of ${stats.n_examples ?? "?"} examples are longer than `
+      + `max_length ${stats.max_length} and would be truncated.`) : null,
+    h("div.grid3", entries.map(([key, label]) => lengthCard(label, stats[key], scale))));
 }
 
-function histogram(title, v) {
-  const counts = v.histogram?.counts || v.counts || [];
-  const edges = v.histogram?.edges || v.edges || v.bins || [];
-  const max = Math.max(1, ...counts);
-  const bars = h("div.hist", { role: "img", "aria-label": `${title} token-length histogram` },
-    counts.map((c, i) => h("span", { style: `height:${(100 * c) / max}%`,
-      title: `${edges[i] ?? "?"}–${edges[i + 1] ?? "?"} tokens: ${c}` })));
-  const summary = ["min", "mean", "p50", "p95", "max"].filter((k) => v[k] !== undefined)
-    .map((k) => `${k} ${typeof v[k] === "number" ? Math.round(v[k]) : v[k]}`).join(" · ");
-  return h("div.chart", h("h3", title), counts.length ? bars : h("div.empty", "no data"),
+function lengthCard(title, v, scale) {
+  const counts = v.histogram?.counts || [];
+  const edges = v.histogram?.edges || [];
+  let figure;
+  if (counts.length) {
+    const max = Math.max(1, ...counts);
+    figure = h("div.hist", { role: "img", "aria-label": `${title} token-length histogram` },
+      counts.map((c, i) => h("span", { style: `height:${(100 * c) / max}%`,
+        title: `${edges[i] ?? "?"}–${edges[i + 1] ?? "?"} tokens: ${c}` })));
+  } else if (v.max !== null && v.max !== undefined) {
+    // Summary only (min, median, p95, max): a range strip on the shared scale.
+    const at = (x) => `${(100 * x) / scale}%`;
+    figure = h("div.range", { role: "img",
+      "aria-label": `${title}: min ${v.min}, median ${v.median}, p95 ${v.p95}, max ${v.max} tokens` },
+      h("span.whisker", { style: `left:${at(v.min)};width:calc(${at(v.max - v.min)} + 2px)` }),
+      h("span.box", { style: `left:${at(v.median)};width:calc(${at(v.p95 - v.median)} + 2px)` }),
+      h("span.median", { style: `left:${at(v.median)}` }));
+  } else {
+    figure = h("div.empty", "no data");
+  }
+  const summary = ["min", "median", "mean", "p95", "max"].filter((k) => v[k] !== undefined && v[k] !== null)
+    .map((k) => `${k} ${Math.round(v[k])}`).join(" · ");
+  return h("div.chart", h("h3", title), figure,
     edges.length ? h("div.row.spread.muted", h("span", String(edges[0])), h("span", `${edges[edges.length - 1]} tokens`)) : null,
-    summary ? h("div.muted", summary) : null);
+    summary ? h("div.muted", `${summary} tokens`) : null);
 }
 
 export function renderDetail(main, { params: [id] }) {

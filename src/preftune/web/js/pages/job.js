@@ -44,10 +44,16 @@ export function seriesFrom(rows) {
   return out;
 }
 
-/** Short tick labels: 3 significant digits, exponent form for tiny values such as learning rates. */
-function axisNum(v) {
-  if (v === 0) return "0";
-  return Math.abs(v) < 1e-3 ? v.toExponential(1) : String(Number(v.toPrecision(3)));
+/** Tick labels with just enough digits to tell neighbouring ticks apart (loss may move by 1e-4). */
+export function axisLabels(ticks) {
+  const step = ticks.length > 1 ? Math.abs(ticks[1] - ticks[0]) : Math.abs(ticks[0] || 1);
+  const biggest = Math.max(...ticks.map(Math.abs));
+  if (biggest !== 0 && (biggest < 1e-3 || biggest >= 1e6)) {
+    const digits = Math.min(6, Math.max(1, Math.ceil(Math.log10(biggest / step))));
+    return ticks.map((v) => (v === 0 ? "0" : v.toExponential(digits)));
+  }
+  const decimals = step > 0 ? Math.min(8, Math.max(0, -Math.floor(Math.log10(step)))) : 0;
+  return ticks.map((v) => v.toFixed(decimals));
 }
 
 /** A chart panel that owns one uPlot instance and redraws it when the series change. */
@@ -79,7 +85,7 @@ class Chart {
       width,
       height: 200,
       scales: { x: { time: false } },
-      axes: [{ label: "step" }, { size: 64, values: (u, ticks) => ticks.map(axisNum) }],
+      axes: [{ label: "step" }, { size: 70, values: (u, ticks) => axisLabels(ticks) }],
       series: [{ label: "step" }, ...data.names.map((name, i) => ({
         label: name,
         stroke: COLORS[i % COLORS.length],
