@@ -38,21 +38,36 @@ def _first_char(path: Path) -> bytes:
 
 def unit(path: Path) -> str:
     """How positions in this file are named in messages: "line" or "record"."""
-    return "record" if _first_char(path) == b"[" else "line"
+    return "record" if is_array(path) else "line"
+
+
+def _read_array(path: Path) -> list[Any] | None:
+    """The file's records if it is one JSON array; None if it is JSON Lines whose first line is an array."""
+    with reader.open_lines(path) as (stream, _raw):
+        data = stream.read().removeprefix(reader.BOM)
+    try:
+        items = msgspec.json.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        first_line = data.lstrip().split(b"\n", 1)[0]
+        try:
+            msgspec.json.decode(first_line)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raise SourceError(f"{path.name} starts like a JSON array but is not valid JSON: {exc}") from exc
+        return None  # JSON Lines that happen to start with an array: each line is reported on its own
+    if not isinstance(items, list):  # pragma: no cover - a value starting with "[" is a list
+        raise SourceError(f"{path.name} must be a JSON array of records or JSON Lines")
+    return items
+
+
+def is_array(path: Path) -> bool:
+    return _first_char(path) == b"[" and _read_array(path) is not None
 
 
 def iter_records(path: Path, progress: reader.ProgressCallback | None = None) -> Iterator[Record]:
     total = path.stat().st_size
-    if _first_char(path) == b"[":
-        # A JSON array has to be decoded whole; the public ones are small.
-        with reader.open_lines(path) as (stream, _raw):
-            data = stream.read().removeprefix(reader.BOM)
-        try:
-            items = msgspec.json.decode(data)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise SourceError(f"{path.name} starts like a JSON array but is not valid JSON: {exc}") from exc
-        if not isinstance(items, list):
-            raise SourceError(f"{path.name} must be a JSON array of records or JSON Lines")
+    # A JSON array has to be decoded whole; the public ones are small.
+    items = _read_array(path) if _first_char(path) == b"[" else None
+    if items is not None:
         if progress is not None:
             progress(total, total)
         for i, item in enumerate(items, 1):

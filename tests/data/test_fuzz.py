@@ -1,0 +1,82 @@
+"""Property tests: whatever the bytes or JSON, the validator returns a report; it never raises."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from preftune.data import validate_file
+from preftune.data.convert import SOURCES, convert_file
+
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+roles = st.sampled_from(["system", "user", "assistant", "tool", "", None])
+messages = st.lists(
+    st.fixed_dictionaries({"role": roles, "content": st.text(max_size=8) | st.none()}), max_size=3
+)
+near_valid = st.fixed_dictionaries(
+    {"input": st.fixed_dictionaries({"messages": messages}) | json_values},
+    optional={
+        "preferred_output": messages,
+        "non_preferred_output": messages,
+        "preferred_completion": messages,
+        "extra": json_values,
+    },
+)
+
+
+def _check(path: Path) -> None:
+    report = validate_file(path, max_errors=5)
+    assert report.ok == (report.n_errors_total == 0)
+    assert len(report.errors) <= 5 + 3  # file-level problems are always listed
+    json.dumps(report.to_dict())  # the report is JSON-able
+
+
+@FUZZ
+@given(data=st.binary(max_size=400))
+def test_random_bytes(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "fuzz.jsonl"
+    path.write_bytes(data)
+    _check(path)
+
+
+@FUZZ
+@given(data=st.binary(max_size=200))
+def test_random_bytes_as_gzip_name(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "fuzz.jsonl.gz"
+    path.write_bytes(b"\x1f\x8b" + data)  # looks like gzip, mostly is not
+    _check(path)
+
+
+@FUZZ
+@given(rows=st.lists(json_values | near_valid, min_size=0, max_size=6))
+def test_random_json_rows(tmp_path: Path, rows: list[Any]) -> None:
+    path = tmp_path / "fuzz.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _check(path)
+
+
+@FUZZ
+@given(
+    rows=st.lists(json_values | near_valid, min_size=1, max_size=4), source=st.sampled_from(sorted(SOURCES))
+)
+def test_converters_never_crash_and_output_passes(tmp_path: Path, rows: list[Any], source: str) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    report = convert_file(src, out, source=source)
+    assert report.n_written + report.n_dropped + report.n_problems_total == report.n_read
+    check = validate_file(out)
+    # Everything written is valid; only the count rule (at least 3) may fail on tiny inputs.
+    assert {e.code for e in check.errors} <= {"too_few_examples", "empty_file"}
