@@ -327,3 +327,10 @@ def test_very_long_line_warns(good: Callable[[int], Row], write_jsonl: Any) -> N
     row["preferred_output"][0]["content"] = "word " * 30_000
     report = validate_file(write_jsonl([good(0), row, good(2)]))
     assert report.ok and warning_codes(report) == [(2, "long_line")]
+
+
+def test_absurd_nesting_is_an_error_not_a_crash(good: Callable[[int], Row], write_jsonl: Any) -> None:
+    deep_list = b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    deep_unknown = b'{"text": "x", "zzz": ' + b'{"a":' * 100_000 + b"1" + b"}" * 100_000 + b"}"
+    report = validate_file(write_jsonl([good(0), deep_list, deep_unknown, good(3)]))
+    assert [e.line for e in report.errors] == [2, 3]

@@ -88,7 +88,7 @@ def check_preference(line: bytes) -> FastResult:
     # Inlined on purpose: this runs once per line of files of up to 3M lines.
     try:
         row = _pref_decode(line)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     messages = row.input.messages
     # The input ends on a user turn (not the assistant's; a trailing system message is misplaced),
@@ -126,7 +126,7 @@ def check_preference(line: bytes) -> FastResult:
 def check_sft_messages(line: bytes) -> FastResult:
     try:
         row = _messages_decoder.decode(line)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     return () if _conversation_ok(row.messages, is_input=False) else None
 
@@ -134,7 +134,7 @@ def check_sft_messages(line: bytes) -> FastResult:
 def check_sft_prompt_completion(line: bytes) -> FastResult:
     try:
         row = _pc_decoder.decode(line)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     return None if row.prompt.isspace() or row.completion.isspace() else ()
 
@@ -142,7 +142,7 @@ def check_sft_prompt_completion(line: bytes) -> FastResult:
 def check_sft_text(line: bytes) -> FastResult:
     try:
         row = _text_decoder.decode(line)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     return None if row.text.isspace() else ()
 
