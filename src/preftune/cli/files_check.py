@@ -7,7 +7,7 @@ Exit codes: 0 the file can be trained on; 1 it cannot (the report says why, line
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,17 +17,19 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
 
-from preftune.data import ValidationReport, iter_examples, validate_file
+from preftune.data import Example, ValidationReport, iter_examples, validate_file
 from preftune.data.types import FORMAT_NAMES
 from preftune.errors import PreftuneError
 
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024  # below this a check is instant; a bar would only flicker
+PROGRESS_MIN_EXAMPLES = 2000
 DEFAULT_MAX_LENGTH = 1024  # TrainingSpec.max_length's default (kept equal by a test)
 
 # soft_wrap: a report line (path, field, message) stays one line that grep and copy-paste can use.
@@ -101,7 +103,23 @@ def print_token_stats(stats: dict[str, Any]) -> None:
     )
 
 
-def token_statistics(path: Path, model: str, max_length: int) -> dict[str, Any]:
+def _counted(examples: Iterable[Example], total: int, *, enabled: bool) -> Iterator[Example]:
+    """The examples, with a Rich bar of examples tokenised on stderr when it is worth one."""
+    if not enabled or total < PROGRESS_MIN_EXAMPLES or not err.is_terminal:
+        yield from examples
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("tokenising", total=total)
+        for i, example in enumerate(examples, 1):
+            if not i % 256:
+                bar.update(task, completed=i)
+            yield example
+
+
+def token_statistics(
+    path: Path, model: str, max_length: int, *, n_examples: int = 0, show_progress: bool = False
+) -> dict[str, Any]:
     """Token statistics with the model's own tokenizer and chat template (raises PreftuneError)."""
     from preftune.config import Settings
     from preftune.data.token_stats import collect
@@ -118,7 +136,8 @@ def token_statistics(path: Path, model: str, max_length: int) -> dict[str, Any]:
             param="model",
             code="no_chat_template",
         )
-    return collect(tokenizer, iter_examples(path), max_length, model).to_dict()
+    examples = _counted(iter_examples(path), n_examples, enabled=show_progress)
+    return collect(tokenizer, examples, max_length, model).to_dict()
 
 
 def check(
@@ -156,7 +175,13 @@ def check(
     if model is not None:
         if report.ok:
             try:
-                report.token_stats = token_statistics(path, model, max_length or DEFAULT_MAX_LENGTH)
+                report.token_stats = token_statistics(
+                    path,
+                    model,
+                    max_length or DEFAULT_MAX_LENGTH,
+                    n_examples=report.n_valid,
+                    show_progress=not as_json,
+                )
             except PreftuneError as exc:
                 where = f" [param: {exc.param}]" if exc.param else ""
                 err.print(f"[bold red]error:[/] {exc.message}{where}")
