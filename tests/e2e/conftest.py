@@ -100,6 +100,12 @@ class RunningServer:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
 
+    def restart(self) -> None:
+        """Stop the server and start it again on the same home (on a new free port)."""
+        self.stop()
+        self.port = free_port()
+        self.start()
+
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")[-6000:]
 
