@@ -8,6 +8,7 @@ touch the job (`LeaseLostError`).
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,9 @@ from preftune.service.models import model_name_for
 from preftune.service.states import ACTIVE, JobStatus
 from preftune.store.blobs import BlobStore
 from preftune.store.models import Checkpoint, FineTunedModel, Job, JobMetric
+
+# The trainer's checkpoint directories: checkpoints/step-N (temporary ones start with a dot).
+STEP_DIR_RE = re.compile(r"^step-(\d+)$")
 
 
 class LeaseLostError(Exception):
@@ -154,10 +158,7 @@ def _start_attempt(session: Session, token: str, settings: Settings, blobs: Blob
     ).one()
     # Started before (a dead runner, a failed attempt or a runner shut down): resume, do not start over.
     restarted = job.started_at is not None
-    last = session.scalar(
-        select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step.desc()).limit(1)
-    )
-    resume_step = last.step if last is not None else None
+    resume_step = _sync_checkpoints(session, job, job_dir(settings, job.id) / "checkpoints")
     if job.started_at is None:
         job.started_at = now()
     if restarted:
@@ -197,6 +198,35 @@ def _start_attempt(session: Session, token: str, settings: Settings, blobs: Blob
         from_checkpoint_path=job.from_checkpoint_path,
         resume_step=resume_step,
     )
+
+
+def _sync_checkpoints(session: Session, job: Job, directory: Path) -> int | None:
+    """Record checkpoints that reached the disk but not the database (the runner died in between);
+    return the latest step, which is where the trainer resumes."""
+    known = set(session.scalars(select(Checkpoint.step).where(Checkpoint.job_id == job.id)))
+    on_disk: dict[int, Path] = {}
+    if directory.is_dir():
+        for child in directory.iterdir():
+            match = STEP_DIR_RE.match(child.name)
+            if match and child.is_dir():
+                on_disk[int(match.group(1))] = child
+    for step, path in on_disk.items():
+        if step not in known:
+            session.add(
+                Checkpoint(
+                    id=_checkpoint_id(job.id, step),
+                    job_id=job.id,
+                    step=step,
+                    path=str(path),
+                    created_at=now(),
+                )
+            )
+    steps = known | set(on_disk)
+    return max(steps) if steps else None
+
+
+def _checkpoint_id(job_id: str, step: int) -> str:
+    return f"ftckpt-{job_id.removeprefix('ftjob-')}-{step}"
 
 
 def _held(session: Session, job_id: str, token: str) -> Job:
@@ -275,7 +305,7 @@ def record_checkpoint(
     session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step == step))
     session.add(
         Checkpoint(
-            id=f"ftckpt-{job_id.removeprefix('ftjob-')}-{step}",
+            id=_checkpoint_id(job_id, step),
             job_id=job_id,
             step=step,
             path=str(path),
