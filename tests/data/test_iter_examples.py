@@ -45,3 +45,15 @@ def test_orca_records(orca_path: Path) -> None:
     assert len(examples) == 284
     first = json.loads(orca_path.read_text().splitlines()[0])
     assert examples[0].messages == first["input"]["messages"]
+
+
+def test_small_read_blocks_and_no_final_newline(
+    monkeypatch: pytest.MonkeyPatch, good: Callable[[int], dict[str, Any]], write_jsonl: Any
+) -> None:
+    from preftune.data import reader
+
+    path = write_jsonl([good(1), good(2), good(3)])
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    expected = list(iter_examples(path))
+    monkeypatch.setattr(reader, "READ_BUFFER", 5)
+    assert list(iter_examples(path)) == expected and [e.line for e in expected] == [1, 2, 3]

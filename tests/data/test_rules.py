@@ -334,3 +334,21 @@ def test_absurd_nesting_is_an_error_not_a_crash(good: Callable[[int], Row], writ
     deep_unknown = b'{"text": "x", "zzz": ' + b'{"a":' * 100_000 + b"1" + b"}" * 100_000 + b"}"
     report = validate_file(write_jsonl([good(0), deep_list, deep_unknown, good(3)]))
     assert [e.line for e in report.errors] == [2, 3]
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 4096])
+def test_lines_split_across_read_blocks(
+    block: int, monkeypatch: pytest.MonkeyPatch, good: Callable[[int], Row], write_jsonl: Any
+) -> None:
+    from preftune.data import reader
+
+    monkeypatch.setattr(reader, "READ_BUFFER", block)
+    monkeypatch.setattr(reader, "MAX_LINE_BYTES", 400)
+    huge = good(2)
+    huge["preferred_output"][0]["content"] = "x" * 1000
+    path = write_jsonl([good(0), good(1), huge, "", good(3), good(1)])
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))  # the last line has no newline
+    report = validate_file(path)
+    assert codes(report) == [(3, "line_too_long"), (4, "blank_line")]
+    assert warning_codes(report) == [(6, "duplicate_example")]
+    assert (report.n_lines, report.n_examples, report.n_valid) == (6, 5, 4)

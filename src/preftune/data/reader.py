@@ -44,30 +44,54 @@ def open_lines(path: Path) -> Iterator[tuple[IO[bytes], IO[bytes]]]:
         raw.close()
 
 
-def skip_rest_of_line(stream: IO[bytes]) -> None:
-    """After a line cut at `MAX_LINE_BYTES`, read (in bounded chunks) up to the next newline."""
-    while rest := stream.readline(MAX_LINE_BYTES):
-        if rest.endswith(b"\n"):
-            return
+def iter_line_batches(
+    stream: IO[bytes], raw: IO[bytes] | None = None, progress: ProgressCallback | None = None, total: int = 0
+) -> Iterator[list[bytes | None]]:
+    """The file's lines (without their newline) in batches of about `READ_BUFFER` bytes.
+
+    Reading big blocks and splitting them in C is much faster than a readline call per line. A line
+    that grows past `MAX_LINE_BYTES` before its end is read comes as None and is skipped, not held in
+    memory; a complete line may still exceed the limit by up to one block, so callers test lengths too.
+    """
+    read = stream.read
+    pending: list[bytes] = []  # pieces of a line whose end has not been read yet
+    pending_len = 0
+    skipping = False  # inside an over-long line, reading on to its end
+    while block := read(READ_BUFFER):
+        if progress is not None and raw is not None:
+            progress(raw.tell(), total)
+        newline = block.find(b"\n")
+        if newline < 0:
+            if not skipping:
+                pending.append(block)
+                pending_len += len(block)
+                if pending_len > MAX_LINE_BYTES:
+                    yield [None]
+                    pending, pending_len, skipping = [], 0, True
+            continue
+        if skipping:
+            block, skipping = block[newline + 1 :], False
+        elif pending:
+            pending.append(block)
+            block = b"".join(pending)
+            pending, pending_len = [], 0
+        lines: list[bytes | None] = block.split(b"\n")  # type: ignore[assignment]
+        last = lines.pop()
+        if last:
+            pending, pending_len = [last], len(last)  # type: ignore[list-item]
+        yield lines
+    if pending and not skipping:
+        yield [b"".join(pending)]
+    if progress is not None:
+        progress(total, total)
 
 
 def iter_lines(
     stream: IO[bytes], raw: IO[bytes] | None = None, progress: ProgressCallback | None = None, total: int = 0
 ) -> Iterator[tuple[int, bytes | None]]:
-    """(1-based line number, line bytes) for each line; None for a line over `MAX_LINE_BYTES` (skipped)."""
-    readline = stream.readline
+    """(1-based line number, line without its newline); None for a line over `MAX_LINE_BYTES` (skipped)."""
     lineno = 0
-    while True:
-        line = readline(MAX_LINE_BYTES)
-        if not line:
-            break
-        lineno += 1
-        if len(line) == MAX_LINE_BYTES and not line.endswith(b"\n"):
-            skip_rest_of_line(stream)
-            yield lineno, None
-            continue
-        if progress is not None and raw is not None and not lineno & 0x3FFF:
-            progress(raw.tell(), total)
-        yield lineno, line
-    if progress is not None and raw is not None:
-        progress(total, total)
+    for batch in iter_line_batches(stream, raw, progress, total):
+        for line in batch:
+            lineno += 1
+            yield lineno, None if line is None or len(line) > MAX_LINE_BYTES else line

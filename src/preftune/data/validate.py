@@ -206,85 +206,84 @@ def _scan(path: Path, report: ValidationReport, progress: reader.ProgressCallbac
     limit, total = reader.MAX_LINE_BYTES, report.n_bytes
     add_warning = report.add_warning
     with reader.open_lines(path) as (stream, raw):
-        readline = stream.readline
         try:
-            while line := readline(limit):
-                lineno += 1
-                if len(line) == limit and not line.endswith(b"\n"):
-                    reader.skip_rest_of_line(stream)
-                    n_examples += 1
-                    report.add_error(
-                        lineno,
-                        None,
-                        f"the line is longer than {limit // 2**20} MiB; no example can be that long",
-                        "line_too_long",
-                    )
-                    continue
-                if not lineno & 0x3FFF and progress is not None:
-                    progress(raw.tell(), total)
-                if lineno == 1 and line.startswith(reader.BOM):
-                    line = line[len(reader.BOM) :]
-                if line.isspace() or not line:
-                    n_blank += 1
-                    report.add_error(
-                        lineno,
-                        None,
-                        "the line is blank; remove it (each line must be one JSON object)",
-                        "blank_line",
-                    )
-                    continue
-                n_examples += 1
-                answers = fast(line) if fast is not None else None
-                if answers is None:
-                    answers = _slow_check(line, lineno, state, report)
-                    if answers is None:
+            for batch in reader.iter_line_batches(stream, raw, progress, total):
+                for line in batch:
+                    lineno += 1
+                    if line is None or len(line) > limit:
+                        n_examples += 1
+                        report.add_error(
+                            lineno,
+                            None,
+                            f"the line is longer than {limit // 2**20} MiB; no example can be that long",
+                            "line_too_long",
+                        )
                         continue
-                    if fast is None and state.format is not None:
-                        fast = FAST_CHECKS[state.format]
-                n_valid += 1
-                if answers:
-                    preferred, non_preferred = answers
-                    if preferred == non_preferred:
+                    if lineno == 1 and line.startswith(reader.BOM):
+                        line = line[len(reader.BOM) :]
+                    if not line or line.isspace():
+                        n_blank += 1
+                        report.add_error(
+                            lineno,
+                            None,
+                            "the line is blank; remove it (each line must be one JSON object)",
+                            "blank_line",
+                        )
+                        continue
+                    n_examples += 1
+                    answers = fast(line) if fast is not None else None
+                    if answers is None:
+                        answers = _slow_check(line, lineno, state, report)
+                        if answers is None:
+                            continue
+                        if fast is None and state.format is not None:
+                            fast = FAST_CHECKS[state.format]
+                    n_valid += 1
+                    if answers:
+                        preferred, non_preferred = answers
+                        if preferred == non_preferred:
+                            add_warning(
+                                lineno,
+                                "non_preferred_output[0].content",
+                                "the preferred and "
+                                "non-preferred answers are identical, so the pair teaches nothing",
+                                "identical_answers",
+                            )
+                        # The first-character test is a cheap necessary condition for the split test.
+                        elif preferred.lstrip()[:1] == non_preferred.lstrip()[
+                            :1
+                        ] and _whitespace_only_difference(preferred, non_preferred):
+                            add_warning(
+                                lineno,
+                                "non_preferred_output[0].content",
+                                "the answers differ only in "
+                                "whitespace, so the pair teaches mostly formatting",
+                                "whitespace_only_difference",
+                            )
+                    if len(line) > LONG_LINE_BYTES:
                         add_warning(
                             lineno,
-                            "non_preferred_output[0].content",
-                            "the preferred and non-preferred "
-                            "answers are identical, so the pair teaches nothing",
-                            "identical_answers",
+                            None,
+                            f"the line is very long ({len(line):,} bytes); it will likely "
+                            "be truncated at training (see max_length)",
+                            "long_line",
                         )
-                    elif _whitespace_only_difference(preferred, non_preferred):
-                        add_warning(
-                            lineno,
-                            "non_preferred_output[0].content",
-                            "the answers differ only in whitespace, so the pair teaches mostly formatting",
-                            "whitespace_only_difference",
-                        )
-                if len(line) > LONG_LINE_BYTES:
-                    add_warning(
-                        lineno,
-                        None,
-                        f"the line is very long ({len(line):,} bytes); it will likely be "
-                        "truncated at training (see max_length)",
-                        "long_line",
-                    )
-                # Duplicate check inlined (see dedup.py): the last line may lack its newline.
-                h = hash(line) if line.endswith(b"\n") else hash(line + b"\n")
-                hashes_append(h)
-                lines_append(lineno)
-                i = h & mask
-                byte = bitmap[i >> 3]
-                bit = 1 << (i & 7)
-                if byte & bit:
-                    candidates_add(h)
-                else:
-                    bitmap[i >> 3] = byte | bit
+                    # The duplicate check, inlined from DuplicateFinder.add (this loop runs per line).
+                    h = hash(line)
+                    hashes_append(h)
+                    lines_append(lineno)
+                    i = h & mask
+                    byte = bitmap[i >> 3]
+                    bit = 1 << (i & 7)
+                    if byte & bit:
+                        candidates_add(h)
+                    else:
+                        bitmap[i >> 3] = byte | bit
         finally:
             report.n_lines = lineno
             report.format = state.format
             report.n_examples = n_examples
             report.n_valid = n_valid
-    if progress is not None:
-        progress(total, total)
     n_dups = 0
     for line_no, first in dups.duplicates():
         n_dups += 1
