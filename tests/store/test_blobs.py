@@ -1,0 +1,73 @@
+"""The blob store: content addressing, streaming writes, the size limit, and no half-written files."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from preftune.errors import NotFoundError, PayloadTooLargeError
+from preftune.store.blobs import BlobStore
+
+
+def _chunks(n: int, size: int = 64 * 1024) -> Iterator[bytes]:
+    for i in range(n):
+        yield bytes([i % 251]) * size
+
+
+def test_blobs_are_named_by_sha256_and_deduplicated(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    data = b"".join(_chunks(10))
+    info = store.put_chunks(_chunks(10))
+    assert info.sha256 == hashlib.sha256(data).hexdigest() and info.size == len(data)
+    assert info.path == tmp_path / "blobs" / info.sha256[:2] / info.sha256
+    assert info.path.read_bytes() == data
+    again = store.put_chunks(_chunks(10))
+    assert again.path == info.path
+    with store.open(info.sha256) as handle:
+        assert handle.read(3) == data[:3]
+    assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
+
+
+def test_async_stream_is_stored_like_a_sync_one(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+
+    async def body() -> AsyncIterator[bytes]:
+        for chunk in _chunks(4):
+            yield chunk
+
+    info = asyncio.run(store.put_async_chunks(body()))
+    assert info.sha256 == store.put_chunks(_chunks(4)).sha256
+
+
+def test_too_large_upload_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    with pytest.raises(PayloadTooLargeError) as info:
+        store.put_chunks(_chunks(10), max_bytes=100_000)
+    assert info.value.param == "file" and "PREFTUNE_MAX_UPLOAD_BYTES" in info.value.message
+    leftovers = [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
+    assert leftovers == []
+
+
+def test_a_failing_stream_leaves_no_partial_file(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+
+    def broken() -> Iterator[bytes]:
+        yield b"x" * 1000
+        raise ConnectionError("client went away")
+
+    with pytest.raises(ConnectionError):
+        store.put_chunks(broken())
+    assert [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == []
+
+
+def test_bad_or_missing_names_are_not_found(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    with pytest.raises(NotFoundError):
+        store.path("../../etc/passwd")
+    with pytest.raises(NotFoundError):
+        store.open("0" * 64)
+    store.delete("0" * 64)  # deleting a missing blob is harmless
