@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from types import TracebackType
 
+import httpx
+
 from preftune.client._base import HTTPTransport
+from preftune.client.chat import Chat
+from preftune.client.deployments import Deployments
 from preftune.client.errors import APIConnectionError, APIStatusError, RateLimitError, ServerError
 from preftune.client.pagination import Page
 from preftune.client.resources.files import Files
@@ -36,6 +40,8 @@ class Client:
     files: Files
     fine_tuning: FineTuning
     keys: Keys
+    chat: Chat
+    deployments: Deployments
 
     def __init__(
         self,
@@ -45,16 +51,25 @@ class Client:
         timeout: float = 60.0,
         max_retries: int = 3,
         settings: Settings | None = None,
+        http_client: httpx.Client | None = None,
     ) -> None:
+        """`http_client`: your own `httpx.Client` (proxies, certificates, an in-process app); not closed
+        by `close()`."""
         settings = settings or Settings()
         self.base_url = (base_url or settings.resolved_base_url).rstrip("/")
         self.api_key = api_key or settings.api_key or read_local_key(settings)
         self._transport = HTTPTransport(
-            base_url=self.base_url, api_key=self.api_key, timeout=timeout, max_retries=max_retries
+            base_url=self.base_url,
+            api_key=self.api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            http_client=http_client,
         )
         self.files = Files(self._transport)
         self.fine_tuning = FineTuning(self._transport)
         self.keys = Keys(self._transport)
+        self.chat = Chat(self._transport)
+        self.deployments = Deployments(self._transport)
 
     def close(self) -> None:
         self._transport.close()

@@ -39,13 +39,16 @@ class HTTPTransport:
         headers = {"User-Agent": f"preftune-python/{__version__}"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        self._client = http_client or httpx.Client(
-            base_url=self.base_url + "/v1", timeout=httpx.Timeout(timeout, connect=10.0)
-        )
-        self._client.headers.update(headers)
+        self._owns_client = http_client is None
+        self._client = http_client or httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0))
+        self._headers = headers
 
     def close(self) -> None:
-        self._client.close()
+        if self._owns_client:
+            self._client.close()
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}/v1{path}"
 
     def _backoff(self, attempt: int, response: httpx.Response | None) -> float:
         if response is not None:
@@ -56,7 +59,7 @@ class HTTPTransport:
         return min(0.5 * 2**attempt, 8.0) * (0.75 + random.random() / 2)
 
     def _prepare_headers(self, method: str, headers: Mapping[str, str] | None) -> dict[str, str]:
-        out = dict(headers or {})
+        out = {**self._headers, **(headers or {})}
         if method == "POST" and not any(k.lower() == "idempotency-key" for k in out):
             out["Idempotency-Key"] = f"preftune-{uuid.uuid4()}"
         return out
@@ -83,7 +86,13 @@ class HTTPTransport:
                 _rewind(files)
             try:
                 response = self._client.request(
-                    method, path, json=json, params=clean_params, files=files, data=data, headers=send_headers
+                    method,
+                    self.url(path),
+                    json=json,
+                    params=clean_params,
+                    files=files,
+                    data=data,
+                    headers=send_headers,
                 )
             except httpx.TransportError as exc:
                 if attempt + 1 < attempts:
@@ -118,8 +127,9 @@ class HTTPTransport:
         for a non-2xx answer."""
         clean_params = {k: v for k, v in (params or {}).items() if v is not None}
         try:
+            send_headers = {**self._headers, **(headers or {})}
             with self._client.stream(
-                method, path, params=clean_params, headers=dict(headers or {}), json=json
+                method, self.url(path), params=clean_params, headers=send_headers, json=json
             ) as response:
                 if response.status_code >= 400:
                     response.read()
