@@ -158,15 +158,15 @@ def sign_in(server: Server) -> Callable[[Any, str | None], None]:
 def shoot() -> Callable[[Any, str], None]:
     """Save a screenshot of the page to docs/screenshots/NAME.png (the README shows them)."""
 
-    def _shoot(pg: Any, name: str, *, narrow: bool = False) -> None:
+    def _shoot(pg: Any, name: str, *, narrow: bool = False, full_page: bool = True) -> None:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         if narrow:
             size = pg.viewport_size
             pg.set_viewport_size({"width": 390, "height": 844})
             pg.wait_for_timeout(150)  # let charts and layout settle after the resize
-            pg.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+            pg.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
             pg.set_viewport_size(size)
         else:
-            pg.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+            pg.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
 
     return _shoot

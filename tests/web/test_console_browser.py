@@ -68,8 +68,13 @@ def test_wizard_uploads_a_sample_and_shows_its_report_and_preview(
     assert preview.locator(".pair .preferred").count() >= 1
     # The two answers differ, so each side highlights words the other lacks.
     assert preview.locator("ins.diff").count() > 0 and preview.locator("del.diff").count() > 0
-    shoot(page, "dataset-detail")
-    shoot(page, "dataset-detail-narrow", narrow=True)
+    preview.get_by_text("Example 5", exact=True).wait_for()
+    assert preview.get_by_text("Example 6", exact=True).count() == 0
+    preview.get_by_role("button", name="Show more examples").click()
+    preview.get_by_text("Example 6", exact=True).wait_for()
+    preview.scroll_into_view_if_needed()
+    shoot(page, "dataset-detail", full_page=False)
+    shoot(page, "dataset-detail-narrow", narrow=True, full_page=False)
 
     page.get_by_role("link", name="Datasets", exact=True).click()
     row = page.get_by_role("row").filter(has_text="orca-pairs")
@@ -103,16 +108,16 @@ def test_broken_file_shows_errors_with_line_numbers(
 def test_dpo_job_from_the_form_trains_and_the_chart_grows(
     page: Any, server: Any, sign_in: SignIn, shoot: Shoot, orca_path: Path, tmp_path: Path
 ) -> None:
-    dataset = _upload(server, _small_orca(orca_path, tmp_path, 12))
+    dataset = _upload(server, _small_orca(orca_path, tmp_path, 8))
     sign_in(page)
     page.goto(f"/#/jobs/new?training_file={dataset['id']}")
     page.get_by_label("model", exact=True).fill("tiny-llama")
     page.get_by_label("batch_size").fill("2")
-    page.get_by_label("max_length").fill("96")
+    page.get_by_label("max_length").fill("64")
     page.get_by_text("DPO and its variants").click()
     assert page.locator("#dpo-variants").is_visible()
     page.get_by_text("Advanced: schedule, checkpoints, evaluation").click()
-    page.get_by_label("max_steps").fill("6")
+    page.get_by_label("max_steps").fill("4")
     page.get_by_label("n_checkpoints").fill("2")
     shoot(page, "job-create")
     page.get_by_role("button", name="Create job").click()
@@ -135,8 +140,8 @@ def test_dpo_job_from_the_form_trains_and_the_chart_grows(
             shot_running = True
         page.wait_for_timeout(250)
     assert status.inner_text() == "completed", f"job ended so: {page.locator('main').inner_text()[:2000]}"
-    expect(loss).to_have_attribute("data-points", "6")
-    assert seen[-1] <= 6 and len(seen) >= 2, seen
+    expect(loss).to_have_attribute("data-points", "4")
+    assert seen[-1] <= 4 and len(seen) >= 2, seen
     for chart in ("Reward accuracy", "Reward margin", "Log-probs: chosen and rejected", "Learning rate"):
         assert int(page.get_by_role("group", name=chart).get_attribute("data-points") or 0) > 0, chart
     events = page.get_by_role("list", name="Event log").inner_text()

@@ -6,6 +6,7 @@ import { bytesToText, normalise, parseRecords } from "../examples.js";
 import { badge, confirmAction, errorBox, flash, fmtBytes, fmtTime, h, nextId } from "../ui.js";
 
 const PREVIEW_BYTES = 256 * 1024;
+const PREVIEW_PAGE = 5;
 
 export function renderList(main) {
   const body = h("div", h("p.muted", "Loading datasets…"));
@@ -148,7 +149,8 @@ export function renderWizard(main) {
     const panel = h("div");
     content.replaceChildren(panel, h("div.row",
       h("a.button.primary", { href: `#/datasets/${encodeURIComponent(created.id)}` }, "Open dataset"),
-      h("a.button", { href: `#/jobs/new?training_file=${encodeURIComponent(created.id)}` }, "Train on it"),
+      created.status === "error" ? null
+        : h("a.button", { href: `#/jobs/new?training_file=${encodeURIComponent(created.id)}` }, "Train on it"),
       h("button", { type: "button", onclick: () => { setStep(0); chooseStep(); } }, "Upload another")));
     await showReport(panel, created, model);
   }
@@ -209,7 +211,7 @@ function issueTable(items, what) {
 /** Token-length histograms for prompt / preferred / non-preferred when the report carries them. */
 function tokenStats(report, model) {
   const stats = report.token_stats || null;
-  if (!model && !stats) return h("p.muted", "Pick a model above to see token-length histograms of prompts and answers.");
+  if (!model && !stats) return h("p.muted", "Choose a model under “Token statistics for model” to see token lengths of prompts and answers.");
   if (!stats) {
     return h("p.muted", `The server returned no token statistics for ${model}; the counts above are complete.`);
   }
@@ -295,11 +297,19 @@ async function loadPreview(section, file) {
     return;
   }
   const list = h("div");
-  section.replaceChildren(h("h2", `Preview (first ${records.length} examples)`),
+  const more = h("button", { type: "button" }, "Show more examples");
+  let shown = 0;
+  const showMore = () => {
+    records.slice(shown, shown + PREVIEW_PAGE).forEach((r, i) => list.append(exampleView(normalise(r), shown + i + 1)));
+    shown = Math.min(records.length, shown + PREVIEW_PAGE);
+    more.hidden = shown >= records.length;
+  };
+  more.addEventListener("click", showMore);
+  section.replaceChildren(h("h2", `Preview of the first ${records.length} examples`),
     h("p.muted", note || ""),
     h("p.muted", "The preferred and non-preferred answers side by side; words only in one of them are highlighted."),
-    list);
-  records.forEach((r, i) => list.append(exampleView(normalise(r), i + 1)));
+    list, more);
+  showMore();
 }
 
 function exampleView(ex, n) {

@@ -67,7 +67,9 @@ class Chart {
     this.points = 0;
   }
 
-  update(data) {
+  update(data, totalSteps) {
+    // The x axis spans the whole run from the start, so the curve visibly grows towards the end.
+    this.totalSteps = totalSteps || 0;
     this.points = data.steps.length;
     this.el.dataset.points = String(this.points);
     if (!data.steps.length || !window.uPlot) return;
@@ -84,8 +86,8 @@ class Chart {
     this.plot = new window.uPlot({
       width,
       height: 200,
-      scales: { x: { time: false } },
-      axes: [{ label: "step" }, { size: 70, values: (u, ticks) => axisLabels(ticks) }],
+      scales: { x: { time: false, range: (u, min, max) => [Math.min(min, 1), Math.max(max, this.totalSteps, min + 1)] } },
+      axes: [{ label: "step", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000] }, { size: 70, values: (u, ticks) => axisLabels(ticks) }],
       series: [{ label: "step" }, ...data.names.map((name, i) => ({
         label: name,
         stroke: COLORS[i % COLORS.length],
@@ -144,7 +146,7 @@ export function render(main, { params: [id] }) {
     active = ACTIVE.has(j.status);
     drawHeader(j);
     const series = seriesFrom(listOf(metrics));
-    charts.forEach(([key, c]) => c.update(series[key]));
+    charts.forEach(([key, c]) => c.update(series[key], j.progress?.total_steps));
     drawEvents(listOf(evs));
     drawCheckpoints(j, listOf(cks));
     drawHyper(j.hyperparameters || {});
