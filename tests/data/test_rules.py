@@ -352,3 +352,14 @@ def test_lines_split_across_read_blocks(
     assert codes(report) == [(3, "line_too_long"), (4, "blank_line")]
     assert warning_codes(report) == [(6, "duplicate_example")]
     assert (report.n_lines, report.n_examples, report.n_valid) == (6, 5, 4)
+
+
+def test_bom_with_tiny_read_blocks(
+    monkeypatch: pytest.MonkeyPatch, good: Callable[[int], Row], write_jsonl: Any
+) -> None:
+    from preftune.data import reader
+
+    monkeypatch.setattr(reader, "READ_BUFFER", 1)
+    path = write_jsonl([good(i) for i in range(3)])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert validate_file(path).ok

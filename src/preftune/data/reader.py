@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -50,17 +51,24 @@ def iter_line_batches(
     """The file's lines (without their newline) in batches of about `READ_BUFFER` bytes.
 
     Reading big blocks and splitting them in C is much faster than a readline call per line. A line
-    that grows past `MAX_LINE_BYTES` before its end is read comes as None and is skipped, not held in
-    memory; a complete line may still exceed the limit by up to one block, so callers test lengths too.
+    longer than `MAX_LINE_BYTES` comes as None and is skipped, not held in memory. A byte-order mark
+    at the start of the file is dropped.
     """
     read = stream.read
     pending: list[bytes] = []  # pieces of a line whose end has not been read yet
     pending_len = 0
     skipping = False  # inside an over-long line, reading on to its end
-    while block := read(READ_BUFFER):
+    # Complete lines inside one block are at most a block long; only then can they skip the length test.
+    check_every_line = READ_BUFFER > MAX_LINE_BYTES
+    # A byte-order mark is accepted once, at the very start of the file.
+    start = read(max(READ_BUFFER, len(BOM))).removeprefix(BOM)
+    for block in itertools.chain([start], iter(lambda: read(READ_BUFFER), b"")):
+        if not block:
+            continue
         if progress is not None and raw is not None:
             progress(raw.tell(), total)
         newline = block.find(b"\n")
+        first_too_long = False
         if newline < 0:
             if not skipping:
                 pending.append(block)
@@ -72,10 +80,15 @@ def iter_line_batches(
         if skipping:
             block, skipping = block[newline + 1 :], False
         elif pending:
+            first_too_long = pending_len + newline > MAX_LINE_BYTES
             pending.append(block)
             block = b"".join(pending)
             pending, pending_len = [], 0
         lines: list[bytes | None] = block.split(b"\n")  # type: ignore[assignment]
+        if first_too_long:
+            lines[0] = None
+        if check_every_line:
+            lines = [None if line is None or len(line) > MAX_LINE_BYTES else line for line in lines]
         last = lines.pop()
         if last:
             pending, pending_len = [last], len(last)  # type: ignore[list-item]
@@ -94,4 +107,4 @@ def iter_lines(
     for batch in iter_line_batches(stream, raw, progress, total):
         for line in batch:
             lineno += 1
-            yield lineno, None if line is None or len(line) > MAX_LINE_BYTES else line
+            yield lineno, line

@@ -210,7 +210,7 @@ def _scan(path: Path, report: ValidationReport, progress: reader.ProgressCallbac
             for batch in reader.iter_line_batches(stream, raw, progress, total):
                 for line in batch:
                     lineno += 1
-                    if line is None or len(line) > limit:
+                    if line is None:
                         n_examples += 1
                         report.add_error(
                             lineno,
@@ -219,8 +219,6 @@ def _scan(path: Path, report: ValidationReport, progress: reader.ProgressCallbac
                             "line_too_long",
                         )
                         continue
-                    if lineno == 1 and line.startswith(reader.BOM):
-                        line = line[len(reader.BOM) :]
                     if not line or line.isspace():
                         n_blank += 1
                         report.add_error(
@@ -305,8 +303,6 @@ def iter_examples(path: str | os.PathLike[str]) -> Iterator[Example]:
                 if line is None:
                     _raise(Issue(lineno, None, "the line is too long", "line_too_long"))
                     continue
-                if lineno == 1 and line.startswith(reader.BOM):
-                    line = line[len(reader.BOM) :]
                 if not line or line.isspace():
                     _raise(Issue(lineno, None, "the line is blank; remove it", "blank_line"))
                 try:

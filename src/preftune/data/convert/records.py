@@ -78,8 +78,6 @@ def iter_records(path: Path, progress: reader.ProgressCallback | None = None) ->
             if line is None:
                 yield Record(lineno, None, "the line is too long to be one record")
                 continue
-            if lineno == 1:
-                line = line.removeprefix(reader.BOM)
             if not line.strip():
                 continue
             try:
