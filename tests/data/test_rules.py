@@ -363,3 +363,17 @@ def test_bom_with_tiny_read_blocks(
     path = write_jsonl([good(i) for i in range(3)])
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     assert validate_file(path).ok
+
+
+def test_progress_reports_bytes_up_to_the_total(
+    monkeypatch: pytest.MonkeyPatch, good: Callable[[int], Row], write_jsonl: Any
+) -> None:
+    from preftune.data import reader
+
+    monkeypatch.setattr(reader, "READ_BUFFER", 256)
+    path = write_jsonl([good(i) for i in range(20)])
+    calls: list[tuple[int, int]] = []
+    validate_file(path, progress=lambda done, total: calls.append((done, total)))
+    size = path.stat().st_size
+    assert len(calls) > 5 and calls[-1] == (size, size)
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
