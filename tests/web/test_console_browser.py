@@ -104,6 +104,13 @@ def test_broken_file_shows_errors_with_line_numbers(
     assert any(re.match(r"^\s*3\s", c) for c in cells), cells
     shoot(page, "dataset-errors")
 
+    # Delete it from the list (the browser's confirmation is accepted).
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.goto("/#/datasets")
+    page.get_by_role("button", name="Delete broken.jsonl").click()
+    page.get_by_role("status").filter(has_text="Deleted broken.jsonl").wait_for()
+    expect(page.get_by_role("button", name="Delete broken.jsonl")).to_have_count(0)
+
 
 def test_dpo_job_from_the_form_trains_and_the_chart_grows(
     page: Any, server: Any, sign_in: SignIn, shoot: Shoot, orca_path: Path, tmp_path: Path
@@ -152,6 +159,24 @@ def test_dpo_job_from_the_form_trains_and_the_chart_grows(
     shoot(page, "job")
     shoot(page, "job-narrow", narrow=True)
 
+    with page.expect_download() as download:
+        checkpoints.get_by_role("button", name="Download step 4").click()
+    assert download.value.suggested_filename.endswith(".tar")
+    assert Path(download.value.path()).stat().st_size > 0
+
+    # Continue from the last checkpoint: the form opens with from_checkpoint filled in; then cancel that job.
+    job_id = page.url.rsplit("/", 1)[-1]
+    checkpoints.get_by_role("row").filter(has_text="step 4").get_by_role(
+        "link", name="Continue from here"
+    ).click()
+    expect(page.get_by_label("from_checkpoint")).to_have_value(f"{job_id}:4")
+    page.get_by_label("max_steps").fill("200")
+    page.get_by_role("button", name="Create job").click()
+    page.wait_for_url(lambda url: "#/jobs/ftjob-" in url and job_id not in url)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Cancel job").click()
+    expect(status).to_have_text("cancelled", timeout=120_000)
+
     page.get_by_role("link", name="Jobs", exact=True).click()
     page.get_by_role("row").filter(has_text="completed").first.wait_for()
     shoot(page, "jobs")
@@ -197,3 +222,11 @@ def test_a_second_owner_cannot_see_the_first_owners_work(
     alert.wait_for()
     assert first["id"] in alert.inner_text()
     assert "orca" not in page.locator("main").inner_text()
+
+    # The colleague revokes their own key: the console notices at once and asks to sign in again.
+    page.goto("/#/keys")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Revoke key colleague").click()
+    page.get_by_label("API key").wait_for()
+    assert "not accepted" in page.get_by_role("alert").first.inner_text()
+    expect(page.get_by_role("navigation", name="Main")).to_be_hidden()

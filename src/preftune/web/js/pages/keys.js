@@ -28,12 +28,15 @@ export function render(main) {
     }
     try {
       const key = await api("/keys", { method: "POST", body: { name: name.value.trim(), ...(newOwner.checked ? { new_owner: true } : {}) } });
-      const secret = key.key || key.secret || key.api_key;
+      const secret = key.key;
+      const forOther = newOwner.checked;
       const copy = h("button", { type: "button", onclick: () => navigator.clipboard?.writeText(secret)
         .then(() => flash("Key copied.", "ok"), () => flash("Copy failed; select the key and copy it by hand.")) }, "Copy");
       created.replaceChildren(h("div.secret", { role: "status" },
         h("p", { style: "margin-top:0" }, h("strong", "Copy this key now: it will not be shown again.")),
-        h("code", { "data-testid": "new-key" }, secret), " ", copy));
+        h("code", { "data-testid": "new-key" }, secret), " ", copy,
+        forOther ? h("p", { style: "margin-bottom:0" }, "This key belongs to a new user, so it is not listed under "
+          + "your keys; its holder manages it from their own console.") : null));
       name.value = "";
       newOwner.checked = false;
       load();
