@@ -207,7 +207,7 @@ def test_invalid_utf8_names_the_line(good: Callable[[int], Row], write_jsonl: An
     path = write_jsonl([good(0), good(1), b'{"input": "caf\xe9"}', good(3)])
     report = validate_file(path)
     assert codes(report) == [(3, "not_utf8")]
-    assert "UTF-8" in report.errors[0].message
+    assert "byte 15 of the line" in report.errors[0].message and "UTF-8" in report.errors[0].message
 
 
 def test_extension_must_be_jsonl(good: Callable[[int], Row], write_jsonl: Any) -> None:

@@ -47,12 +47,6 @@ def _name_problem(name: str) -> str | None:
 
 def _decode_problem(line: bytes, lineno: int, exc: Exception) -> tuple[str, str]:
     """A readable (message, code) for a line that is not JSON."""
-    if isinstance(exc, UnicodeDecodeError):
-        return (
-            f"the line is not valid UTF-8 (byte {exc.start + 1} of the line is {line[exc.start : exc.start + 1]!r}); "
-            "save the file as UTF-8",
-            "not_utf8",
-        )
     if line.startswith(reader.BOM):
         return (
             "the line starts with a byte-order mark (BOM); only the very start of the file may have one: "
@@ -60,10 +54,12 @@ def _decode_problem(line: bytes, lineno: int, exc: Exception) -> tuple[str, str]
             "misplaced_bom",
         )
     try:
+        # Decoded again here (not from msgspec's error) so the position counts from the line's start.
         line.decode("utf-8")
     except UnicodeDecodeError as err:
         return (
-            f"the line is not valid UTF-8 (byte {err.start + 1} of the line); save the file as UTF-8",
+            f"the line is not valid UTF-8 (byte {err.start + 1} of the line is {line[err.start : err.start + 1]!r}); "
+            "save the file as UTF-8",
             "not_utf8",
         )
     detail = str(exc).removeprefix("JSON is malformed: ")
