@@ -67,7 +67,8 @@ def test_short_dpo_job_runs_to_completion_and_the_adapter_loads(
 def test_cancel_stops_training_and_keeps_the_last_checkpoint(
     db: Database, settings: Settings, owner_id: str, make_job: Any
 ) -> None:
-    job_id = make_job(max_steps=200, n_checkpoints=100)
+    # 400 steps available, a checkpoint every 2 steps: the cancel lands long before the end.
+    job_id = make_job(n_epochs=50, max_steps=200, n_checkpoints=100)
     runner = Runner(settings, db=db)
     outcomes: list[Any] = []
     thread = threading.Thread(target=lambda: outcomes.append(runner.run_once()))
