@@ -322,8 +322,14 @@ def list_checkpoints(
 def download(
     job_id: str = typer.Argument(..., help="ftjob-… id"),
     output: Path = typer.Option(..., "-o", "--output", help="Directory to write the files into."),
-    artifact: str = typer.Option("adapter", "--artifact", help="adapter, merged or checkpoint."),
-    step: int | None = typer.Option(None, "--step", help="With --artifact checkpoint: which step."),
+    artifact: str = typer.Option(
+        "adapter",
+        "--artifact",
+        help="adapter, model (full fine-tuning), merged, or checkpoint (with --step).",
+    ),
+    step: int | None = typer.Option(
+        None, "--step", help="With --artifact checkpoint: which step (see list-checkpoints)."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Download the trained adapter (or merged model, or a checkpoint) into a directory."""
