@@ -169,7 +169,11 @@ def report(stats: Stats, seconds: float) -> bool:
     )
     for line in (stats.errors + stats.sha_mismatches)[:10]:
         print("  " + line)
-    return not stats.errors and not stats.sha_mismatches and (stats.uploads > 0 or "upload" not in stats.latencies)
+    return (
+        not stats.errors
+        and not stats.sha_mismatches
+        and (stats.uploads > 0 or "upload" not in stats.latencies)
+    )
 
 
 def _start_server(home: Path, port: int) -> subprocess.Popen[bytes]:

@@ -129,3 +129,15 @@ def test_a_retried_create_makes_one_job(api: Any, uploaded: str, tiny_model_dir:
     # A deliberate second create (a new call, not a retry) still makes a second job.
     again = client.fine_tuning.jobs.create(model=str(tiny_model_dir), training_file=uploaded, method=_dpo())
     assert again.id != job.id
+
+
+def test_files_through_the_openai_client(api: Any, uploaded: str, tmp_path: Path) -> None:
+    client = _openai(api)
+    assert [f.id for f in client.files.list()] == [uploaded]
+    retrieved = client.files.retrieve(uploaded)
+    assert retrieved.status == "processed" and retrieved.filename == "pairs.jsonl"
+    assert client.files.content(uploaded).read() == (tmp_path / "pairs.jsonl").read_bytes()
+    deleted = client.files.delete(uploaded)
+    assert deleted.deleted and deleted.id == uploaded
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(uploaded)

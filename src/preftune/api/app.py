@@ -103,7 +103,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
     error_ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
-    for path_item in schema.get("paths", {}).values():
+    for path, path_item in schema.get("paths", {}).items():
         for operation in path_item.values():
             responses = operation.setdefault("responses", {})
             had_validation = responses.pop("422", None) is not None
@@ -113,6 +113,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                 )
             if operation.get("security"):
                 responses.setdefault("401", {"description": "Missing or invalid API key", **error_ref})
+            if "{" in path:
+                responses.setdefault("404", {"description": "Not found (or another owner's)", **error_ref})
             for code, response in responses.items():
                 if code[0] in "45" and "content" not in response:
                     response.update(error_ref)

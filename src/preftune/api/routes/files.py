@@ -34,7 +34,15 @@ def _too_large(limit: int) -> PayloadTooLargeError:
     )
 
 
-@router.post("/files", response_model=schemas.FileObject, summary="Upload and validate a data file")
+@router.post(
+    "/files",
+    response_model=schemas.FileObject,
+    responses={
+        409: {"description": "The dataset name is taken"},
+        413: {"description": "Over the upload limit"},
+    },
+    summary="Upload and validate a data file",
+)
 async def upload_file(
     request: Request,
     file: UploadFile = File(description="A JSONL data file (preference or SFT format)."),
@@ -129,7 +137,12 @@ def file_content(
     return FileResponse(path, media_type="application/octet-stream", filename=row.filename)
 
 
-@router.delete("/files/{file_id}", response_model=schemas.DeletedObject, summary="Delete a file")
+@router.delete(
+    "/files/{file_id}",
+    response_model=schemas.DeletedObject,
+    responses={409: {"description": "An unfinished job uses the file"}},
+    summary="Delete a file",
+)
 def delete_file(
     file_id: str = Path(description="file-… id or dataset name"),
     caller: Caller = Depends(get_owner),

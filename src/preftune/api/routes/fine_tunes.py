@@ -35,7 +35,15 @@ def training_spec_schema() -> dict[str, Any]:
     return TrainingSpec.model_json_schema()
 
 
-@router.post("/fine-tunes", response_model=schemas.FineTuneJob, summary="Create a fine-tuning job")
+@router.post(
+    "/fine-tunes",
+    response_model=schemas.FineTuneJob,
+    responses={
+        404: {"description": "The file, model or from_checkpoint job is not found"},
+        409: {"description": "The Idempotency-Key was used for a different request"},
+    },
+    summary="Create a fine-tuning job",
+)
 def create_fine_tune(
     body: schemas.FineTuneCreate,
     idempotency_key: str | None = IDEMPOTENCY_HEADER,
@@ -81,7 +89,12 @@ def retrieve_fine_tune(
     return presenters.job_object(job_service.get_job(session, caller.owner_id, job_id))
 
 
-@router.post("/fine-tunes/{job_id}/cancel", response_model=schemas.FineTuneJob, summary="Cancel a job")
+@router.post(
+    "/fine-tunes/{job_id}/cancel",
+    response_model=schemas.FineTuneJob,
+    responses={409: {"description": "The job has already finished"}},
+    summary="Cancel a job",
+)
 def cancel_fine_tune(
     job_id: str = Path(description="ftjob-… id"),
     caller: Caller = Depends(get_owner),
@@ -151,6 +164,7 @@ def list_fine_tune_checkpoints(
     responses={
         200: {"content": {"application/x-tar": {}}, "description": "A tar of the artifact's files"},
         206: {"content": {"application/x-tar": {}}, "description": "The requested byte range"},
+        409: {"description": "The job has not completed (use artifact=checkpoint)"},
     },
     summary="Download the adapter, merged model or a checkpoint (tar, HTTP Range)",
 )

@@ -27,7 +27,12 @@ router = APIRouter(tags=["openai-compatible"])
 _READ_PAGE = 1000
 
 
-@router.post("/fine_tuning/jobs", response_model=OpenAIFineTuningJob, summary="Create a job (OpenAI shape)")
+@router.post(
+    "/fine_tuning/jobs",
+    response_model=OpenAIFineTuningJob,
+    responses={404: {"description": "The file or model is not found"}, 409: {"description": "Key reused"}},
+    summary="Create a job (OpenAI shape)",
+)
 def create_job(
     body: OpenAIJobCreate,
     idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=255),
