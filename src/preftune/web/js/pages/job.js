@@ -131,23 +131,49 @@ export function render(main, { params: [id] }) {
 
   let job = null;
   let active = true;
+  // Metrics and events are fetched incrementally, so a long run costs the same per poll as a short one.
+  const metricRows = new Map(); // "split:step" -> row
+  let lastStep = 0;
+  const eventList = [];
+  const eventIds = new Set();
+
+  async function fetchNewMetrics() {
+    // One step back: an eval row can land after the train row of the same step was fetched.
+    const after = Math.max(0, lastStep - 1);
+    const rows = listOf(await api(`${path}/metrics${after ? `?after_step=${after}` : ""}`));
+    for (const row of rows) {
+      metricRows.set(`${row.split || "train"}:${row.step}`, row);
+      if (typeof row.step === "number") lastStep = Math.max(lastStep, row.step);
+    }
+  }
+
+  async function fetchNewEvents() {
+    for (;;) {
+      const last = eventList.length ? eventList[eventList.length - 1].id : null;
+      const page = await api(`${path}/events?limit=1000${last ? `&after=${encodeURIComponent(last)}` : ""}`);
+      const fresh = listOf(page).filter((e) => !eventIds.has(e.id));
+      fresh.forEach((e) => eventIds.add(e.id));
+      eventList.push(...fresh);
+      if (!page.has_more || !fresh.length) return;
+    }
+  }
   const observer = new ResizeObserver(() => charts.forEach(([, c]) => c.resize()));
   observer.observe(chartGrid);
 
   const stop = poll(async () => {
-    const [j, metrics, evs, cks] = await Promise.all([
+    const [j, , , cks] = await Promise.all([
       api(path),
-      api(`${path}/metrics`).catch(() => []),
-      api(`${path}/events`).catch(() => []),
+      fetchNewMetrics(),
+      fetchNewEvents(),
       api(`${path}/checkpoints`).catch(() => []),
     ]);
     errorSlot.replaceChildren();
     job = j;
     active = ACTIVE.has(j.status);
     drawHeader(j);
-    const series = seriesFrom(listOf(metrics));
+    const series = seriesFrom([...metricRows.values()]);
     charts.forEach(([key, c]) => c.update(series[key], j.progress?.total_steps));
-    drawEvents(listOf(evs));
+    drawEvents(eventList);
     drawCheckpoints(j, listOf(cks));
     drawHyper(j.hyperparameters || {});
   }, {
