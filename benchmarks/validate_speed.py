@@ -37,8 +37,12 @@ TOPICS = [
 
 
 def generate(path: Path, n: int) -> None:
-    """Realistic rows (~330 bytes: system + user, two answers), each distinct."""
-    with open(path, "w", encoding="utf-8") as f:
+    """Realistic rows (~500 bytes: system + user, two answers), each distinct."""
+    import msgspec
+
+    encode = msgspec.json.encode
+    with open(path, "wb") as f:
+        batch: list[bytes] = []
         for i in range(n):
             topic = TOPICS[i % len(TOPICS)]
             row = {
@@ -62,8 +66,12 @@ def generate(path: Path, n: int) -> None:
                     {"role": "assistant", "content": f"Look up {topic} yourself. ({i})"}
                 ],
             }
-            f.write(json.dumps(row, ensure_ascii=False))
-            f.write("\n")
+            batch.append(encode(row))
+            if len(batch) == 10_000:
+                f.write(b"\n".join(batch) + b"\n")
+                batch.clear()
+        if batch:
+            f.write(b"\n".join(batch) + b"\n")
 
 
 def peak_rss_mb() -> float:
