@@ -130,8 +130,13 @@ def test_sft_prompt_completion_and_text(tok: Any) -> None:
     assert isinstance(text, SFTTokens) and len(text.ids) == 16 and stats.sequences_truncated == 1
 
 
-def test_sft_example_with_nothing_left_to_learn_is_skipped(tok: Any) -> None:
+def test_sft_truncation_keeps_the_answer_and_skips_examples_without_targets(tok: Any) -> None:
     stats = TruncationStats()
-    long_user = [{"role": "user", "content": "x " * 300}, GOOD]
-    out = tokenize_sft_messages(tok, 7, long_user, 32, False, stats)
-    assert isinstance(out, Skipped) and out.index == 7 and "max_length" in out.reason
+    long_prompt = [{"role": "user", "content": "x " * 300}, GOOD]
+    out = tokenize_sft_messages(tok, 7, long_prompt, 32, False, stats)
+    assert isinstance(out, SFTTokens) and len(out.ids) == 32
+    targets = [t for t, keep in zip(out.ids, out.labels, strict=True) if keep]
+    assert tok.decode(targets) == "4<|im_end|>\n", "the context's start went, the answer stayed"
+    assert stats.sequences_truncated == 1 and stats.prompt_tokens_dropped > 0
+    skipped = tokenize_sft_messages(tok, 8, USER, 512, False, stats)
+    assert isinstance(skipped, Skipped) and skipped.index == 8

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,12 +112,16 @@ def select_gradient_checkpointing(setting: bool | str, model: nn.Module, device:
 
 
 def set_threads() -> None:
-    """Use the cores this process may run on (containers often allow fewer than the machine has)."""
+    """At most one thread per core this process may run on.
+
+    torch's default (the machine's cores, or OMP_NUM_THREADS) is kept unless the CPU affinity mask
+    (a container, taskset) allows fewer cores: more threads than cores makes every matmul wait.
+    """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    torch.set_num_threads(max(1, cores))
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), cores)))
 
 
 def _target_modules(spec: TrainingSpec) -> str | list[str]:
@@ -161,7 +166,10 @@ def load_policy(spec: TrainingSpec, base_path: Path, device: torch.device) -> Po
                 target_modules=_target_modules(spec),
                 task_type="CAUSAL_LM",
             )
-            model = get_peft_model(model, config)
+            with warnings.catch_warnings():
+                # PEFT asks transformers a deprecated question; the warning means nothing to our users.
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+                model = get_peft_model(model, config)
         except ValueError as exc:
             raise TrainingSpecError(
                 f"lora_trainable_modules: {exc}. Use all-linear or names such as q_proj,v_proj.",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,7 @@ class _Run:
         self.metrics = MetricsLog(output_dir / METRICS_FILE)
         self.is_dpo = spec.training_method == "dpo"
         self.reference_cache: dict[str, torch.Tensor] = {}
+        self.reference_memo: dict[str, dict[int, torch.Tensor]] = {}
 
     # --- set-up -------------------------------------------------------------------------------
     def _check_output_dir(self) -> None:
@@ -206,6 +208,11 @@ class _Run:
             return None
         if not self.policy.lora:
             return self.reference_cache[split][ids].reshape(-1).to(self.policy.device)
+        # The reference never changes, so each example's values are computed once: later epochs and
+        # repeated evaluations reuse them instead of running the reference forward again.
+        memo = self.reference_memo.setdefault(split, {})
+        if all(i in memo for i in ids):
+            return torch.cat([memo[i] for i in ids]).to(self.policy.device)
         was_training = self.policy.model.training
         self.policy.model.eval()  # no LoRA dropout in the reference
         try:
@@ -213,6 +220,8 @@ class _Run:
                 sums, _ = sequence_logps(self.policy.model, batch)
         finally:
             self.policy.model.train(was_training)
+        for k, i in enumerate(ids):
+            memo[i] = sums[2 * k : 2 * k + 2].detach().float().cpu()
         return sums
 
     def _loss(self, batch: PackedBatch, split: str, ids: list[int]) -> LossOutput:
@@ -314,6 +323,11 @@ class _Run:
     def _restore(self) -> tuple[int, dict[str, float], Path | None]:
         if not self.resume:
             return 0, {}, None
+        # Half-written directories of a killed run (their names start with a dot) are of no use.
+        for parent in (self.output_dir, self.output_dir / "checkpoints"):
+            for leftover in parent.glob(".*-*"):
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
         found = list_checkpoints(self.output_dir / "checkpoints")
         if not found:
             return 0, {}, None
@@ -345,16 +359,24 @@ class _Run:
         wall_before = totals["wall_time_s"]
         spec, policy = self.spec, self.policy
         precision = "bf16" if policy.autocast_dtype == torch.bfloat16 else "fp32"
+        stats = self.train_data.stats
+        cuts = stats.prompts_truncated + stats.answers_truncated + stats.sequences_truncated
+        notes = [f"resumed at step {start_step}"] if start_step else []
+        if stats.skipped:
+            notes.append(f"{len(stats.skipped)} examples skipped, see train_report.json")
+        if cuts:
+            notes.append(f"{cuts} truncations at max_length {spec.max_length}")
         self._emit(
             events.TRAINING_START,
             f"training {self.model_name} with {spec.training_method} on {len(self.train_data.examples)} "
-            f"examples for {self.total_steps} steps"
-            + (f" (resumed at step {start_step})" if start_step else ""),
+            f"examples for {self.total_steps} steps, {precision} on {policy.device}"
+            + (f" ({'; '.join(notes)})" if notes else ""),
             {
                 "total_steps": self.total_steps,
                 "start_step": start_step,
                 "n_examples": len(self.train_data.examples),
-                "skipped": len(self.train_data.stats.skipped),
+                "skipped": len(stats.skipped),
+                "truncated": cuts,
                 "device": str(policy.device),
                 "precision": precision,
             },
