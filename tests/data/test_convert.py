@@ -151,3 +151,38 @@ def test_bad_json_lines_are_problems_and_bad_arrays_raise(tmp_path: Path) -> Non
     with pytest.raises(SourceError):
         convert_file(broken, tmp_path / "o2.jsonl", source="stack-exchange")
     assert not (tmp_path / "o2.jsonl").exists()  # nothing half-written
+
+
+def test_trl_prompt_repeated_inside_whole_conversations(tmp_path: Path) -> None:
+    whole = {
+        "prompt": "Q?",
+        "chosen": [U, {"role": "assistant", "content": "A"}],
+        "rejected": [U, {"role": "assistant", "content": "B"}],
+    }
+    other = {
+        "prompt": "Other?",
+        "chosen": [U, {"role": "assistant", "content": "A"}],
+        "rejected": [U, {"role": "assistant", "content": "B"}],
+    }
+    report, out = run(tmp_path, [whole, other, whole, whole], "trl")
+    assert report.n_written == 3 and [(p.line, p.code) for p in report.problems] == [(2, "prefix_mismatch")]
+    assert examples(out)[0].messages == [U] and examples(out)[0].preferred["content"] == "A"
+
+
+def test_ultrafeedback_answers_only(tmp_path: Path) -> None:
+    row = {
+        "prompt": "Q?",
+        "chosen": [{"role": "assistant", "content": "good"}],
+        "rejected": [{"role": "assistant", "content": "bad"}],
+        "score_chosen": 8.0,
+        "score_rejected": 3.0,
+    }
+    report, out = run(tmp_path, [row] * 3, "ultrafeedback")
+    assert report.n_written == 3 and examples(out)[0].messages == [U]
+
+
+def test_missing_output_folder_is_a_clear_error(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text("{}\n")
+    with pytest.raises(ValueError, match="does not exist"):
+        convert_file(src, tmp_path / "nope" / "out.jsonl", source="trl")

@@ -112,6 +112,8 @@ def convert_file(
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise ValueError("the output file must differ from the input file")
+    if not dst.parent.is_dir():
+        raise ValueError(f"the output folder {dst.parent} does not exist; create it first")
     convert = SOURCES[source]
     report = ConvertReport(source, to, unit(src), max_problems=max_problems)
     encoder = msgspec.json.Encoder()

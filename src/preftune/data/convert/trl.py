@@ -59,4 +59,21 @@ def convert(record: Any) -> PreferenceExample:
         raise ConversionProblem(
             "prompt", f"prompt must be a string or a list of messages, got {show(prompt)}", "not_a_string"
         )
-    return PreferenceExample(context, _answer(row["chosen"], "chosen"), _answer(row["rejected"], "rejected"))
+    chosen, rejected = row["chosen"], row["rejected"]
+    if isinstance(chosen, list) and isinstance(rejected, list) and (len(chosen) > 1 or len(rejected) > 1):
+        # Some exports repeat the prompt inside chosen/rejected (whole conversations): it must match.
+        shared, preferred, non_preferred = split_shared_prefix(
+            role_content_messages(chosen, "chosen"),
+            role_content_messages(rejected, "rejected"),
+            "chosen",
+            "rejected",
+        )
+        if shared != context:
+            raise ConversionProblem(
+                "chosen",
+                "chosen and rejected hold whole conversations that do not start with "
+                "the prompt; give either the prompt and the answers, or whole conversations",
+                "prefix_mismatch",
+            )
+        return PreferenceExample(shared, preferred, non_preferred)
+    return PreferenceExample(context, _answer(chosen, "chosen"), _answer(rejected, "rejected"))
