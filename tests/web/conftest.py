@@ -154,11 +154,24 @@ def sign_in(server: Server) -> Callable[[Any, str | None], None]:
     return _sign_in
 
 
+# Every visible form control on a page must have an accessible name (a <label for>, a wrapping label or aria-label).
+_UNLABELLED = """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]
+  .filter((el) => el.offsetParent !== null)
+  .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+    && !(el.tagName === 'BUTTON' && el.textContent.trim()))
+  .map((el) => el.outerHTML.slice(0, 120))"""
+
+
 @pytest.fixture
-def shoot() -> Callable[[Any, str], None]:
-    """Save a screenshot of the page to docs/screenshots/NAME.png (the README shows them)."""
+def shoot() -> Callable[..., None]:
+    """Save a screenshot of the page to docs/screenshots/NAME.png (the README shows them).
+
+    Each page shot is also checked for unlabelled form controls.
+    """
 
     def _shoot(pg: Any, name: str, *, narrow: bool = False, full_page: bool = True) -> None:
+        unlabelled = pg.evaluate(_UNLABELLED)
+        assert not unlabelled, f"form controls without a label on {name}: {unlabelled}"
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         if narrow:
             size = pg.viewport_size
