@@ -80,3 +80,43 @@ def test_converters_never_crash_and_output_passes(tmp_path: Path, rows: list[Any
     check = validate_file(out)
     # Everything written is valid; only the count rule (at least 3) may fail on tiny inputs.
     assert {e.code for e in check.errors} <= {"too_few_examples", "empty_file"}
+
+
+@FUZZ
+@given(rows=st.lists(near_valid, min_size=1, max_size=6))
+def test_iter_examples_agrees_with_validate_file(tmp_path: Path, rows: list[Any]) -> None:
+    from preftune.data import iter_examples
+    from preftune.errors import DataValidationError
+
+    path = tmp_path / "fuzz.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = validate_file(path)
+    try:
+        examples = list(iter_examples(path))
+    except DataValidationError:
+        assert report.n_valid < report.n_examples
+    else:
+        assert len(examples) == report.n_valid == report.n_examples
+
+
+sft_rows = (
+    st.fixed_dictionaries({"messages": messages})
+    | st.fixed_dictionaries({"prompt": st.text(max_size=4), "completion": st.text(max_size=4)})
+    | st.fixed_dictionaries({"text": st.text(max_size=4)})
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(row=near_valid | sft_rows)
+def test_fast_path_agrees_with_the_rules(row: dict[str, Any]) -> None:
+    from preftune.data.fast import FAST_CHECKS
+    from preftune.data.rows import check_row
+
+    line = json.dumps(row).encode()
+    result = check_row(row, 1)
+    for fmt, fast in FAST_CHECKS.items():
+        if fast(line) is not None:
+            assert result.format == fmt and not result.errors, (fmt, result.errors)
+    if result.format is not None and not result.errors:
+        # ...and it does accept the valid rows (else every line would take the slow path).
+        assert FAST_CHECKS[result.format](line) is not None
