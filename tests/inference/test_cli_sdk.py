@@ -62,7 +62,9 @@ def test_cli_interactive_keeps_history_and_resets(cli_env: Any) -> None:
     )
     assert result.exit_code == 0, result.output
     # Each answer line reads "you> tiny-llama> <answer>" (the prompt is not echoed when input is piped).
-    answers = [line.split("tiny-llama>", 1)[1] for line in result.output.splitlines() if "tiny-llama>" in line]
+    answers = [
+        line.split("tiny-llama>", 1)[1] for line in result.output.splitlines() if "tiny-llama>" in line
+    ]
     assert len(answers) == 3
     assert answers[0] == answers[2]  # after /reset the same first question gets the same (greedy) answer
 

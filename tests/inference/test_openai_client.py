@@ -18,12 +18,12 @@ MESSAGES: list[Any] = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def client(live_server: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{live_server.base_url}/v1", api_key=live_server.api_key, max_retries=0)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tuned(live_server: Any, adapter_dirs: list[Path]) -> str:
     return str(live_server.register_fine_tune(adapter_dirs[0], suffix="colours"))
 

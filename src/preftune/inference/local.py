@@ -164,8 +164,16 @@ class LocalEngine(InferenceEngine):
 
     async def load(self, target: ModelTarget, *, pin_as: str | None = None) -> LoadedModel:
         path = target.base_path
-        found = self._workers.get(path)
-        worker = found if found is not None else await asyncio.to_thread(self._load_worker, path)
+        worker = self._workers.get(path)
+        if worker is None:
+            try:
+                worker = await asyncio.to_thread(self._load_worker, path)
+            except Exception as exc:  # a broken model directory is reported, and the server goes on
+                raise PreftuneError(
+                    f"model {target.name!r} could not be loaded from {path}: {type(exc).__name__}: {exc}",
+                    param="model",
+                    code="model_load_failed",
+                ) from exc
         self._last_used[path] = time.monotonic()
         if pin_as is not None:
             self._pins.setdefault(path, set()).add(pin_as)
