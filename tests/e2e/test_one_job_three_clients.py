@@ -134,6 +134,24 @@ def test_one_dpo_job_through_openai_cli_and_sdk(
         out = sdk.fine_tuning.download(job.id, tmp_path / "adapter")
         assert (out / "adapter_config.json").is_file()
 
+        # An interrupted download resumes from the bytes already on disk (HTTP Range).
+        full_tar = httpx.get(
+            f"{server.base_url}/v1/fine-tunes/{job.id}/download",
+            headers={"Authorization": f"Bearer {server.api_key}"},
+            timeout=60,
+        ).content
+        resumed_dir = tmp_path / "resumed"
+        resumed_dir.mkdir()
+        (resumed_dir / f".{job.id}-adapter.tar.part").write_bytes(full_tar[:2048])
+        statuses: list[tuple[str | None, int]] = []
+        hooks = {"response": [lambda r: statuses.append((r.request.headers.get("range"), r.status_code))]}
+        with httpx.Client(event_hooks=hooks, timeout=60) as http, Client(http_client=http) as resuming:
+            resuming.fine_tuning.download(job.id, resumed_dir)
+        assert statuses == [("bytes=2048-", 206)]
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            assert (resumed_dir / name).read_bytes() == (out / name).read_bytes()
+        assert not list(resumed_dir.glob("*.part"))
+
     # The CLI's views and download give the same files.
     assert cli_json("fine-tuning", "list-events", job.id)["data"][-1]["type"] == "JOB_COMPLETE"
     assert [c["step"] for c in cli_json("fine-tuning", "list-checkpoints", job.id)] == [STEPS // 2, STEPS]
@@ -141,6 +159,9 @@ def test_one_dpo_job_through_openai_cli_and_sdk(
     cli_json("fine-tuning", "download", job.id, "-o", str(cli_out))
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         assert (cli_out / name).read_bytes() == (out / name).read_bytes()
+    # The live view of a finished job: its final state, loss and reward accuracy, exit code 0.
+    live = cli("fine-tuning", "watch", job.id, "--interval", "0.5")
+    assert "completed" in live and "loss" in live and "rewards/accuracies" in live and "JOB_COMPLETE" in live
     # A finished job cannot be cancelled: a readable error and exit code 2.
     assert "nothing to cancel" in cli("fine-tuning", "cancel", job.id, code=2)
 
