@@ -39,3 +39,6 @@ def test_model_gone_at_training_time_is_a_user_error_without_retry(
         # The file is free again once the job has ended.
         assert file_service.get_file(session, owner_id, orca_file_id).status == "processed"
     assert Runner(settings, db=db).run_once() is None
+    # The child's traceback is in the job's log for whoever runs the server.
+    log = (settings.jobs_dir / job_id / "train.log").read_text()
+    assert "ModelNotFoundError" in log

@@ -18,6 +18,18 @@ from preftune.errors import DataValidationError, ModelNotFoundError, PreftuneErr
 from preftune.training.callbacks import TrainCallbacks
 
 USER_ERRORS = (DataValidationError, TrainingSpecError, ModelNotFoundError)
+# The child's stdout and stderr (library warnings, tracebacks) go here, inside the job directory.
+LOG_FILE = "train.log"
+
+
+def _log_to(path: Path) -> None:
+    """Point file descriptors 1 and 2 at the job's log (appending: attempts follow one another)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    print(f"--- attempt started, pid {os.getpid()} ---", flush=True)
 
 
 class ForwardingCallbacks(TrainCallbacks):
@@ -56,6 +68,7 @@ def child_main(payload: dict[str, Any], queue: Any, stop_event: Any, parent_pid:
     """Entry point of the child (spawned): train, then put ("result", …) or ("error", …) on the queue."""
     # Ctrl-C reaches the whole process group; the runner decides how this child stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _log_to(Path(payload["output_dir"]) / LOG_FILE)
     try:
         from preftune.training.spec import TrainingSpec
         from preftune.training.trainer import train
@@ -87,7 +100,8 @@ def child_main(payload: dict[str, Any], queue: Any, stop_event: Any, parent_pid:
                 },
             )
         )
-    except BaseException as exc:
+    except BaseException as exc:  # every failure must reach the runner as a message
+        traceback.print_exc()
         queue.put(("error", error_payload(exc)))
     finally:
         queue.close()

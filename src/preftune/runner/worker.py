@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from preftune.config import Settings
-from preftune.runner.child import child_main
+from preftune.runner.child import LOG_FILE, child_main
 from preftune.service import runs
 from preftune.service.events import EventType
 from preftune.store.blobs import BlobStore
@@ -118,8 +118,15 @@ class Runner:
         )
         resume = claimed.restarted and has_checkpoint
         if not resume and claimed.output_dir.exists():
-            # Nothing to resume from: start clean rather than mix with a dead attempt's partial output.
-            shutil.rmtree(claimed.output_dir)
+            # Nothing to resume from: start clean rather than mix with a dead attempt's partial output
+            # (the log of earlier attempts is kept: it says why they ended).
+            for entry in claimed.output_dir.iterdir():
+                if entry.name == LOG_FILE:
+                    continue
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
         claimed.output_dir.mkdir(parents=True, exist_ok=True)
         return {
             "job_id": claimed.job_id,
@@ -302,7 +309,8 @@ class Runner:
                 return AttemptOutcome(job.status if job.status != "queued" else "retry", job_id)
             message = (
                 f"the training process stopped unexpectedly (exit code {exitcode}); "
-                "it may have run out of memory: lower batch_size or max_length"
+                "it may have run out of memory: lower batch_size or max_length "
+                f"(log: {claimed.output_dir / LOG_FILE})"
             )
             if outcome is not None:  # a "stopped" result nobody asked for
                 message = "training stopped before the end without a cancel request"
