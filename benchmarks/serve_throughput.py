@@ -139,6 +139,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     path = resolve_model(args.model, models_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    load_before = os.getloadavg()[0]
     engine = LocalEngine(EngineConfig(device="cpu"))
     await engine.start()
     target = ModelTarget(args.model, path)
@@ -170,7 +171,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "single_request_ttft_s": single["baseline"]["ttft_p50_s"],
         "single_request_latency_s": single["baseline"]["wall_s"],
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        f"{torch.get_num_threads()} threads, load average {load_before:.1f} at start and "
+        f"{os.getloadavg()[0]:.1f} at end",
     }
 
 
@@ -193,10 +195,20 @@ def markdown(result: dict[str, Any], command: str) -> str:
             f"| {row['clients']} | {b['tokens_per_s']:.1f} | {b['ttft_p50_s']:.3f} / {b['ttft_p99_s']:.3f} "
             f"| {p['tokens_per_s']:.1f} | {p['ttft_p50_s']:.3f} / {p['ttft_p99_s']:.3f} | {row['ratio']:.2f}x |"
         )
+    top = max(result["rows"], key=lambda r: r["clients"])
+    ttft = top["preftune"]["ttft_p50_s"]
     lines += [
         "",
         f"Single request alone: time to first token {result['single_request_ttft_s']:.3f} s, whole answer "
         f"{result['single_request_latency_s']:.2f} s.",
+        "",
+        f"Targets at {top['clients']} clients: aggregate tokens/s {top['ratio']:.2f}x the baseline (target >= 4x: "
+        f"{'met' if top['ratio'] >= 4 else 'NOT met'}); time to first token p50 {ttft:.2f} s against 2x the "
+        f"single request's whole answer, {2 * result['single_request_latency_s']:.2f} s "
+        f"({'met' if ttft < 2 * result['single_request_latency_s'] else 'NOT met'}), and against 2x its first "
+        f"token alone, {2 * result['single_request_ttft_s']:.2f} s "
+        f"({'met' if ttft < 2 * result['single_request_ttft_s'] else 'not met'}: {top['clients']} prompts "
+        "arriving together must all be prefilled, which on a CPU costs about their summed prompt lengths).",
         "",
         f"Command: `{command}`",
         END,
