@@ -127,9 +127,16 @@ def _create(
     validation_file: str | None,
     idempotency_key: str | None,
     json_output: bool,
+    config: Path | None,
     **knobs: Any,
 ) -> None:
-    params = {name: _parse_knob(name, value) for name, value in knobs.items() if value is not None}
+    params: dict[str, Any] = {}
+    if config is not None:
+        # The YAML of `preftune train --config`; flags given on the command line win over it.
+        params = TrainingSpec.from_yaml(config).model_dump(exclude_unset=True)
+        if "wandb_api_key" in params and params["wandb_api_key"] is not None:
+            params["wandb_api_key"] = params["wandb_api_key"].get_secret_value()
+    params |= {name: _parse_knob(name, value) for name, value in knobs.items() if value is not None}
     with make_client() as client:
         job = client.fine_tuning.create(
             training_file=training_file,
@@ -179,6 +186,18 @@ def _build_create() -> Any:
             ),
         ),
         inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Path | None,
+            default=typer.Option(
+                None,
+                "--config",
+                exists=True,
+                dir_okay=False,
+                help="A YAML file of knobs (flags override it).",
+            ),
+        ),
+        inspect.Parameter(
             "json_output", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=JSON_OPTION
         ),
     ]
@@ -210,11 +229,14 @@ def _metric_summary(metrics: dict[str, Any] | None) -> str:
 def list_jobs(
     limit: int = typer.Option(20, "--limit", min=1, max=100, help="Jobs per page."),
     after: str | None = typer.Option(None, "--after", help="Cursor: the last job id of the previous page."),
+    status: str | None = typer.Option(
+        None, "--status", help="Only jobs in this state (queued, running, ...)."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Your jobs, newest first."""
     with make_client() as client:
-        page = client.fine_tuning.list(limit=limit, after=after)
+        page = client.fine_tuning.list(limit=limit, after=after, status=status)
     if as_json:
         print_json({"data": page.data, "has_more": page.has_more})
         return

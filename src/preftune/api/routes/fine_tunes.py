@@ -70,10 +70,11 @@ def create_fine_tune(
 def list_fine_tunes(
     limit: int = Query(20, ge=1, le=1000, description="Jobs per page."),
     after: str | None = Query(None, description="Cursor: the last job id of the previous page."),
+    status: schemas.JobStatus | None = Query(None, description="Only jobs in this state."),
     caller: Caller = Depends(get_owner),
     session: Session = Depends(get_db),
 ) -> schemas.ListResponse[schemas.FineTuneJob]:
-    page = job_service.list_jobs(session, caller.owner_id, limit=limit, after=after)
+    page = job_service.list_jobs(session, caller.owner_id, limit=limit, after=after, status=status)
     data = [presenters.job_object(row) for row in page.data]
     return schemas.ListResponse[schemas.FineTuneJob](
         data=data, has_more=page.has_more, first_id=data[0].id if data else None, last_id=page.last_id

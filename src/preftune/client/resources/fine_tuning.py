@@ -44,13 +44,18 @@ class FineTuning:
     def retrieve(self, job_id: str) -> FineTuneJob:
         return FineTuneJob.model_validate(self._t.request("GET", f"/fine-tunes/{job_id}"))
 
-    def list(self, *, limit: int | None = None, after: str | None = None) -> Page[FineTuneJob]:
-        """Your jobs, newest first; iterate the page to walk every later page too."""
-        body = self._t.request("GET", "/fine-tunes", params={"limit": limit, "after": after})
+    def list(
+        self, *, limit: int | None = None, after: str | None = None, status: str | None = None
+    ) -> Page[FineTuneJob]:
+        """Your jobs, newest first (only those in `status`, if given); iterate the page to walk every
+        later page too."""
+        body = self._t.request(
+            "GET", "/fine-tunes", params={"limit": limit, "after": after, "status": status}
+        )
         return Page(
             [FineTuneJob.model_validate(item) for item in body["data"]],
             bool(body.get("has_more")),
-            lambda cursor: self.list(limit=limit, after=cursor),
+            lambda cursor: self.list(limit=limit, after=cursor, status=status),
         )
 
     def cancel(self, job_id: str) -> FineTuneJob:
