@@ -71,6 +71,9 @@ class _Prefill:
 
 
 def load_model(path: Path, device: torch.device) -> tuple[Any, Any]:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a server log wants one line per load, not a progress bar
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     # fp32 on CPU: bf16 matmuls are slower than fp32 on most CPUs; half precision on GPU.
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
