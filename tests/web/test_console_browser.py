@@ -127,6 +127,14 @@ def test_dpo_job_from_the_form_trains_and_the_chart_grows(
     page.get_by_label("max_steps").fill("4")
     page.get_by_label("n_checkpoints").fill("2")
     shoot(page, "job-create")
+
+    # A value the server rejects is reported on its field, in the server's words, and nothing is created.
+    page.get_by_label("dpo_beta").fill("0")
+    page.get_by_role("button", name="Create job").click()
+    expect(page.locator("[data-knob=dpo_beta]")).to_have_class(re.compile(r"\binvalid\b"))
+    assert "dpo_beta" in page.get_by_role("alert").first.inner_text()
+    assert "#/jobs/new" in page.url
+    page.get_by_label("dpo_beta").fill("0.1")
     page.get_by_role("button", name="Create job").click()
 
     page.wait_for_url(re.compile(r"#/jobs/ftjob-"))
