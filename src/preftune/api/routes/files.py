@@ -16,7 +16,7 @@ from preftune.config import Settings
 from preftune.errors import PayloadTooLargeError
 from preftune.service import files as file_service
 from preftune.service.keys import Caller
-from preftune.store.blobs import CHUNK, BlobStore
+from preftune.store.blobs import BlobStore
 from preftune.store.db import Database
 
 router = APIRouter(tags=["files"])
@@ -62,11 +62,10 @@ async def upload_file(
     if declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
         raise _too_large(limit)
 
-    async def chunks() -> Any:
-        while chunk := await file.read(CHUNK):
-            yield chunk
-
-    blob = await blobs.put_async_chunks(chunks(), max_bytes=limit)
+    # Starlette has spooled the part to a temporary file; copy it to the blob store in 1 MiB chunks in a
+    # worker thread, so neither the copy nor its fsync blocks the event loop serving other requests.
+    await file.seek(0)
+    blob = await run_in_threadpool(blobs.put_file, file.file, max_bytes=limit)
 
     def record() -> schemas.FileObject:
         # Validation streams through the file and may take a while: off the event loop.
