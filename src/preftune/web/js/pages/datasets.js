@@ -240,8 +240,8 @@ function lengthCard(title, v, scale) {
     const at = (x) => `${(100 * x) / scale}%`;
     figure = h("div.range", { role: "img",
       "aria-label": `${title}: min ${v.min}, median ${v.median}, p95 ${v.p95}, max ${v.max} tokens` },
-      h("span.whisker", { style: `left:${at(v.min)};width:calc(${at(v.max - v.min)} + 2px)` }),
-      h("span.box", { style: `left:${at(v.median)};width:calc(${at(v.p95 - v.median)} + 2px)` }),
+      h("span.whisker", { style: `left:${at(v.min)};width:${at(v.max - v.min)}` }),
+      h("span.box", { style: `left:${at(v.median)};width:${at(v.p95 - v.median)}` }),
       h("span.median", { style: `left:${at(v.median)}` }));
   } else {
     figure = h("div.empty", "no data");
