@@ -246,7 +246,7 @@ export function render(main, { params: [id] }) {
       h("td", `step ${c.step}`), h("td.hide-narrow", fmtTime(c.created_at)),
       h("td", h("div.row", get("checkpoint", c.step, `Download step ${c.step}`), cont(c.step)))));
     const outputs = done ? h("div.row", { style: "margin-bottom:10px" },
-      get(hp.lora === false ? "adapter" : "adapter", undefined, hp.lora === false ? "Download model" : "Download adapter"),
+      hp.lora === false ? get("model", undefined, "Download model") : get("adapter", undefined, "Download adapter"),
       hp.merge ? get("merged", undefined, "Download merged model") : null,
       cont(undefined)) : null;
     checkpoints.replaceChildren(outputs || "",
