@@ -377,3 +377,13 @@ def test_progress_reports_bytes_up_to_the_total(
     size = path.stat().st_size
     assert len(calls) > 5 and calls[-1] == (size, size)
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+
+
+def test_json_array_file_is_one_clear_error(good: Callable[[int], Row], tmp_path: Path) -> None:
+    import json
+
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps([good(i) for i in range(5)], indent=2))
+    report = validate_file(path)
+    assert codes(report) == [(1, "json_array")] and "preftune data convert" in report.errors[0].message
+    assert report.n_examples == 0 and report.n_lines == 1  # reading stopped at the first line

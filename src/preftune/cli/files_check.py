@@ -77,7 +77,8 @@ def print_report(report: ValidationReport) -> None:
     """The human report: verdict first, then every error and warning, then token statistics."""
     what = FORMAT_NAMES.get(report.format or "", "no recognisable format")
     verdict = "[green]OK[/]: can be trained on" if report.ok else "[red]NOT OK[/]: cannot be trained on"
-    out.print(f"{report.path}: {what}, {report.n_examples:,} examples. {verdict}")
+    plural = "" if report.n_examples == 1 else "s"
+    out.print(f"{report.path}: {what}, {report.n_examples:,} example{plural}. {verdict}")
     if report.errors or report.n_errors_total:
         _issue_lines("errors", report.errors, report.n_errors_total)
     if report.warnings or report.n_warnings_total:

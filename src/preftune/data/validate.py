@@ -66,11 +66,12 @@ def _decode_problem(line: bytes, lineno: int, exc: Exception) -> tuple[str, str]
     hint = ""
     stripped = line.strip()
     if lineno == 1 and stripped.startswith(b"["):
-        hint = (
-            "; the file looks like one JSON array, not JSON Lines: convert it with "
-            "`preftune data convert --from FORMAT IN OUT`"
+        return (
+            "the file is one JSON array, not JSON Lines (one JSON object a line): convert it with "
+            "`preftune data convert --from FORMAT IN OUT` (sharegpt, stack-exchange, trl, ultrafeedback, ...)",
+            "json_array",
         )
-    elif stripped.startswith(b"{") and not stripped.endswith(b"}"):
+    if stripped.startswith(b"{") and not stripped.endswith(b"}"):
         hint = "; is one object spread over several lines? Each example must be on a single line"
     return f"the line is not valid JSON ({detail}){hint}", "invalid_json"
 
@@ -124,13 +125,14 @@ def validate_file(
     return report
 
 
+FATAL_CODES = frozenset({"unreadable", "not_a_file", "json_array", "bad_gzip"})
+
+
 def _check_count(report: ValidationReport) -> None:
+    if any(e.code in FATAL_CODES for e in report.errors):
+        return  # the file was not read to its end, so its count means nothing
     n = report.n_examples
-    if (
-        n == 0
-        and report.n_lines == 0
-        and not any(e.code in ("unreadable", "not_a_file") for e in report.errors)
-    ):
+    if n == 0 and report.n_lines == 0:
         report.add_error(
             None,
             None,
@@ -229,6 +231,10 @@ def _scan(path: Path, report: ValidationReport, progress: reader.ProgressCallbac
                     if answers is None:
                         answers = _slow_check(line, lineno, state, report)
                         if answers is None:
+                            if lineno == 1 and report.errors and report.errors[-1].code == "json_array":
+                                # Every later line of a pretty-printed array would be one more error.
+                                n_examples = 0
+                                break
                             continue
                         if fast is None and state.format is not None:
                             fast = FAST_CHECKS[state.format]
@@ -267,6 +273,9 @@ def _scan(path: Path, report: ValidationReport, progress: reader.ProgressCallbac
                     hashes_append(h)
                     lines_append(lineno)
                     part_appends[h & part_mask](h)
+                else:
+                    continue
+                break  # the inner loop stopped early: stop reading
         finally:
             report.n_lines = lineno
             report.format = state.format
