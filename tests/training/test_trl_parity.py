@@ -60,7 +60,9 @@ class Fixture:
         self.pairs: list[PairTokens] = []
         for example in iter_examples(orca_path):
             assert isinstance(example, PreferenceExample)
-            chars = sum(len(m["content"]) for m in [*example.messages, example.preferred, example.non_preferred])
+            chars = sum(
+                len(m["content"]) for m in [*example.messages, example.preferred, example.non_preferred]
+            )
             if chars > 4 * MAX_TOKENS:  # cheap pre-filter: rendering every example's template is slow
                 continue
             tokens = tokenize_pair(
