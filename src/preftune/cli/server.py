@@ -91,7 +91,15 @@ def serve(
         f"home {settings.home}. Ctrl-C stops."
     )
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+        # Keep idle connections open longer than clients do (httpx drops them after 5 s): with equal
+        # timeouts a client can reuse a connection just as the server closes it, and the request fails.
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level,
+            timeout_keep_alive=65,
+        )
     finally:
         _stop_runners(runners)
 
