@@ -13,6 +13,7 @@ import pytest
 from preftune.config import Settings
 from preftune.errors import ConflictError, ModelNotFoundError, NotFoundError
 from preftune.service import deployments as deployment_service
+from preftune.service import files as file_service
 from preftune.service import jobs as job_service
 from preftune.service import models as model_service
 from preftune.service import runs
@@ -106,6 +107,7 @@ def test_progress_completion_and_model_registry(
     bob: Any,
     orca_file_id: str,
     tiny_model_dir: Path,
+    small_orca: Path,
 ) -> None:
     job_id = _queue(db, settings, alice.owner_id, orca_file_id, tiny_model_dir, suffix="demo")
     adapter = settings.jobs_dir / job_id / "adapter"
@@ -155,6 +157,19 @@ def test_progress_completion_and_model_registry(
             model_service.resolve_for_owner(session, bob.owner_id, job.output_name)
         with pytest.raises(ConflictError):
             job_service.cancel_job(session, alice.owner_id, job_id)
+        # Training on from the fine-tuned model: its base model, starting from its adapter.
+        follow_up = job_service.create_job(
+            session, alice.owner_id, model=job.output_name, training_file=orca_file_id, settings=settings
+        )
+        assert follow_up.model == str(tiny_model_dir) and follow_up.from_checkpoint_path == str(adapter)
+        bob_file = file_service.create_file(
+            session, bob.owner_id, blobs.put_path(small_orca), filename="o.jsonl"
+        )
+        with pytest.raises(ModelNotFoundError) as foreign:
+            job_service.create_job(
+                session, bob.owner_id, model=job.output_name, training_file=bob_file.id, settings=settings
+            )
+        assert foreign.value.param == "model"
     types = _types(db, alice.owner_id, job_id)
     assert types[-2:] == ["MODEL_REGISTERED", "JOB_COMPLETE"]
 

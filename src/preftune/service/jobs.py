@@ -26,6 +26,7 @@ from preftune.errors import (
 from preftune.service.common import Page, check_limit, new_id, now
 from preftune.service.events import EventType, add_event
 from preftune.service.files import get_file
+from preftune.service.models import FT_PREFIX, resolve_for_owner
 from preftune.service.states import JobStatus, check_transition, is_terminal
 from preftune.store.models import Checkpoint, File, Job, JobEvent, JobMetric
 from preftune.training.spec import TrainingSpec
@@ -160,12 +161,24 @@ def create_job(
         validation_id = val_record.id
     if not model:
         raise InvalidRequestError("model is required", param="model")
-    from preftune.training.models import resolve_model
-
-    resolve_model(model, settings.models_dir)  # raises ModelNotFoundError naming `model`
     checkpoint_path = None
     if spec.from_checkpoint is not None:
         checkpoint_path = str(resolve_checkpoint_ref(session, owner_id, spec.from_checkpoint, settings))
+    if model.startswith(FT_PREFIX):
+        # Training on from a fine-tuned model (as the hosted services allow): its base model, its weights.
+        tuned = resolve_for_owner(session, owner_id, model)
+        if checkpoint_path is not None:
+            raise InvalidRequestError(
+                "give either a fine-tuned model as model or from_checkpoint, not both",
+                param="from_checkpoint",
+            )
+        source = session.get(Job, tuned.job_id) if tuned.job_id else None
+        model = source.model if source is not None else str(tuned.base_model_path)
+        weights = tuned.adapter_path or tuned.merged_path
+        checkpoint_path = str(weights) if weights is not None else None
+    from preftune.training.models import resolve_model
+
+    resolve_model(model, settings.models_dir)  # raises ModelNotFoundError naming `model`
 
     stamp = now()
     job = Job(
