@@ -106,3 +106,18 @@ def test_default_max_length_matches_training_spec() -> None:
     from preftune.training.spec import TrainingSpec
 
     assert TrainingSpec.model_fields["max_length"].default == DEFAULT_MAX_LENGTH
+
+
+def test_token_statistics_for_sft_data(tmp_path: Path, tiny_model_dir: Path, preftune_home: Path) -> None:
+    rows = [
+        {"messages": [{"role": "user", "content": f"Hi {i}"}, {"role": "assistant", "content": "Hello!"}]}
+        for i in range(3)
+    ]
+    path = tmp_path / "sft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = runner.invoke(app, ["files", "check", str(path), "--json", "--model", str(tiny_model_dir)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["format"] == "sft_messages"
+    stats = report["token_stats"]
+    assert "prompt" not in stats and stats["sequence"]["min"] > 0 and stats["truncated"] == 0
