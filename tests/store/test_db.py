@@ -42,3 +42,31 @@ def test_sqlite_runs_with_wal_busy_timeout_and_foreign_keys(tmp_path: Path) -> N
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() >= 1000
     db.dispose()
+
+
+def test_processes_starting_together_migrate_once(tmp_path: Path) -> None:
+    """`preftune serve` and `preftune worker` started at the same moment both migrate the same new database."""
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'preftune.db'}"
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        db = Database(url)
+        try:
+            db.migrate()
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+        finally:
+            db.dispose()
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    db = Database(url)
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
+    db.dispose()
