@@ -31,6 +31,8 @@ from pathlib import Path
 
 import httpx
 
+# A busy machine can take a while to import torch and migrate the database.
+STARTUP_SECONDS = 240
 ORCA = Path(__file__).resolve().parents[2] / "shared" / "data" / "orca_dpo_pairs" / "orca_dpo_pairs.jsonl"
 
 
@@ -198,7 +200,7 @@ def _start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"server exited: {(home / 'server.log').read_text()[-3000:]}")
@@ -211,7 +213,9 @@ def _start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    raise SystemExit("server did not start within 90s")
+    raise SystemExit(
+        f"server did not start within {STARTUP_SECONDS}s: {(home / 'server.log').read_text()[-3000:]}"
+    )
 
 
 def main() -> None:

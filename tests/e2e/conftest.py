@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-STARTUP_TIMEOUT = 90.0
+STARTUP_TIMEOUT = 240.0  # a busy CI machine can take long to import torch and migrate
 
 
 def free_port() -> int:
