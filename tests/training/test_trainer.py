@@ -12,7 +12,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from preftune.errors import DataValidationError, InvalidRequestError, ModelNotFoundError
+from preftune.errors import DataValidationError, InvalidRequestError, ModelNotFoundError, TrainingSpecError
 from preftune.training.callbacks import TrainCallbacks
 from preftune.training.spec import TrainingSpec
 from preftune.training.trainer import train
@@ -263,6 +263,15 @@ def test_user_errors_name_what_to_fix(
             output_dir=tmp_path / "c",
             models_dir=tmp_path,
         )
+    with pytest.raises(TrainingSpecError, match="checkpoints/step-N") as exc3:
+        train(
+            small(from_checkpoint=str(tmp_path / "nothing")),
+            model=str(tiny_model_dir),
+            training_file=pairs_file,
+            output_dir=tmp_path / "e",
+            models_dir=tmp_path,
+        )
+    assert exc3.value.param == "from_checkpoint"
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "metrics.jsonl").write_text("")
     with pytest.raises(InvalidRequestError, match="--resume") as exc2:
