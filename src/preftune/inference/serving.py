@@ -68,19 +68,25 @@ class InferenceService:
         return any(t.key == target.key for t in self._deployed.values())
 
     async def ready(self, target: ModelTarget) -> None:
-        """Make sure `target` can answer now: deployed, loaded, or loaded on demand (a cold start)."""
-        if self.is_deployed(target) or (self.engine.is_loaded(target) and target.adapter_path is None):
-            if not self.engine.is_loaded(target):  # a deployment still loading: wait for it
-                await self.engine.load(target)
-            return
-        if not self.settings.allow_on_demand_load:
+        """Make sure `target` can answer now: in memory, or loaded on demand (a cold start).
+
+        With on-demand loading refused, only deployed models answer (whatever happens to be in memory).
+        """
+        if not self.settings.allow_on_demand_load and not self.is_deployed(target):
             raise InvalidRequestError(
                 f"model {target.name!r} is not deployed and this server does not load models on demand; "
                 f"deploy it first: preftune deployments create {target.name}",
                 param="model",
                 code="model_not_deployed",
             )
-        await self.engine.load(target)
+        if not self._in_memory(target):
+            await self.engine.load(target)
+
+    def _in_memory(self, target: ModelTarget) -> bool:
+        for model in self.engine.loaded():
+            if model.base_path == target.base_path:
+                return target.adapter_path is None or target.adapter_path in model.adapters
+        return False
 
     # -- deployments ----------------------------------------------------------------------
     def _set_status(self, owner_id: str, deployment_id: str, status: str) -> None:
