@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from preftune.config import Settings
 from preftune.errors import ConflictError, ModelNotFoundError, NotFoundError
@@ -19,6 +20,7 @@ from preftune.service import models as model_service
 from preftune.service import runs
 from preftune.store.blobs import BlobStore
 from preftune.store.db import Database
+from preftune.store.models import Job
 
 
 def _queue(db: Database, settings: Settings, owner: str, file_id: str, model: Path, **params: Any) -> str:
@@ -26,6 +28,12 @@ def _queue(db: Database, settings: Settings, owner: str, file_id: str, model: Pa
         return job_service.create_job(
             session, owner, model=str(model), training_file=file_id, settings=settings, params=params
         ).id
+
+
+def _expire_lease(db: Database, job_id: str) -> None:
+    with db.session() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=time.time() - 1))
+        session.commit()
 
 
 def _types(db: Database, owner: str, job_id: str) -> list[str]:
@@ -75,19 +83,19 @@ def test_claim_gives_the_runner_what_it_needs(
 def test_expired_lease_is_reclaimed_as_a_restart_and_the_old_runner_is_locked_out(
     db: Database, settings: Settings, blobs: BlobStore, alice: Any, orca_file_id: str, tiny_model_dir: Path
 ) -> None:
-    short = settings.model_copy(update={"lease_seconds": 0.3})
+
     job_id = _queue(db, settings, alice.owner_id, orca_file_id, tiny_model_dir)
     with db.session() as session:
-        first = runs.claim_job(session, "r1", short, blobs)
+        first = runs.claim_job(session, "r1", settings, blobs)
         assert first is not None
         runs.record_step(session, job_id, first.claim_token, {"step": 1, "total_steps": 4, "loss": 0.69})
         runs.record_checkpoint(
-            session, job_id, first.claim_token, 1, short.jobs_dir / job_id / "checkpoints/step-1"
+            session, job_id, first.claim_token, 1, settings.jobs_dir / job_id / "checkpoints/step-1"
         )
         runs.record_step(session, job_id, first.claim_token, {"step": 2, "total_steps": 4, "loss": 0.6})
-        assert runs.claim_job(session, "r2", short, blobs) is None  # lease still valid
-        time.sleep(0.5)
-        second = runs.claim_job(session, "r2", short, blobs)
+        assert runs.claim_job(session, "r2", settings, blobs) is None  # lease still valid
+        _expire_lease(db, job_id)  # the runner died: no heartbeat renewed it
+        second = runs.claim_job(session, "r2", settings, blobs)
         assert second is not None and second.job_id == job_id
         assert second.restarted and second.attempt == 2 and second.resume_step == 1
         # Step 2 will be trained again: its old metrics line is gone, step 1 stays.
@@ -236,13 +244,12 @@ def test_cancel_of_a_running_job_goes_through_the_runner(
 def test_dead_runner_of_a_cancelled_job_ends_it_cancelled(
     db: Database, settings: Settings, blobs: BlobStore, alice: Any, orca_file_id: str, tiny_model_dir: Path
 ) -> None:
-    short = settings.model_copy(update={"lease_seconds": 0.2})
     job_id = _queue(db, settings, alice.owner_id, orca_file_id, tiny_model_dir)
     with db.session() as session:
-        assert runs.claim_job(session, "r1", short, blobs) is not None
+        assert runs.claim_job(session, "r1", settings, blobs) is not None
         job_service.cancel_job(session, alice.owner_id, job_id)
-        time.sleep(0.3)
-        assert runs.claim_job(session, "r2", short, blobs) is None
+        _expire_lease(db, job_id)
+        assert runs.claim_job(session, "r2", settings, blobs) is None
         assert job_service.get_job(session, alice.owner_id, job_id).status == "cancelled"
 
 
