@@ -356,10 +356,6 @@ def main() -> None:
         r["tokens_per_s"] = tokens / r["seconds"]
     for r in failed:
         print(f"{r['name']}: {r['failed']}")
-    trl_rows = [r for r in results if r["name"].startswith("TRL")]
-    if not trl_rows:
-        raise SystemExit("no TRL configuration finished; nothing to compare against")
-    fastest = max(trl_rows, key=lambda r: r["pairs_per_s"])
     print(
         f"\n{'configuration':28} {'pairs/s':>8} {'tokens/s':>9} {'peak RSS MB':>12} {'final loss':>11} {'steps':>6}"
     )
@@ -369,6 +365,10 @@ def main() -> None:
             f"{r['name']:28} {r['pairs_per_s']:8.3f} {r['tokens_per_s']:9.1f} {r['peak_rss_mb']:12.0f} "
             f"{loss:>11} {r['steps']:6d}"
         )
+    trl_rows = [r for r in results if r["name"].startswith("TRL")]
+    if not trl_rows:
+        raise SystemExit("no TRL configuration finished; nothing to compare against")
+    fastest = max(trl_rows, key=lambda r: r["pairs_per_s"])
     speedup = ours["pairs_per_s"] / fastest["pairs_per_s"]
     rss_ratio = ours["peak_rss_mb"] / fastest["peak_rss_mb"]
     achieved = flops / ours["seconds"]
