@@ -89,11 +89,17 @@ def _train_on_inputs(spec: TrainingSpec, data_format: str) -> bool:
     return bool(spec.train_on_inputs)
 
 
-def tokenize_file(path: Path, spec: TrainingSpec, tokenizer: ChatTokenizer, *, param: str) -> TokenizedData:
-    """Validate and tokenise a whole file (the token lists, not the text, stay in memory)."""
+def tokenize_file(
+    path: Path, spec: TrainingSpec, tokenizer: ChatTokenizer, *, param: str, data_format: str | None = None
+) -> TokenizedData:
+    """Validate (unless `data_format` says it was) and tokenise a whole file.
+
+    Only the token lists, not the text, stay in memory.
+    """
     from preftune.data import iter_examples
 
-    data_format = check_file(path, spec, param)
+    if data_format is None:
+        data_format = check_file(path, spec, param)
     stats = TruncationStats()
     on_inputs = _train_on_inputs(spec, data_format)
     examples: list[Any] = []

@@ -156,22 +156,31 @@ class _Run:
         self._check_output_dir()
         base_path = resolve_model(self.model_name, self.models_dir)
         # Check the data before the (slow) model load: a bad file should fail in a second.
-        check_file(self.training_file, self.spec, "training_file")
+        if self.spec.n_evals and self.validation_file is None:
+            raise InvalidRequestError(
+                "n_evals > 0 needs a validation_file to evaluate on", param="validation_file"
+            )
+        train_format = check_file(self.training_file, self.spec, "training_file")
+        eval_format = None
         if self.validation_file is not None:
-            check_file(self.validation_file, self.spec, "validation_file")
+            eval_format = check_file(self.validation_file, self.spec, "validation_file")
         self.base_path = base_path
         self.policy: Policy = load_policy(self.spec, base_path, select_device())
         self.train_data: TokenizedData = tokenize_file(
-            self.training_file, self.spec, self.policy.tokenizer, param="training_file"
+            self.training_file,
+            self.spec,
+            self.policy.tokenizer,
+            param="training_file",
+            data_format=train_format,
         )
         self.eval_data: TokenizedData | None = None
         if self.validation_file is not None:
             self.eval_data = tokenize_file(
-                self.validation_file, self.spec, self.policy.tokenizer, param="validation_file"
-            )
-        if self.spec.n_evals and self.eval_data is None:
-            raise InvalidRequestError(
-                "n_evals > 0 needs a validation_file to evaluate on", param="validation_file"
+                self.validation_file,
+                self.spec,
+                self.policy.tokenizer,
+                param="validation_file",
+                data_format=eval_format,
             )
         pad = self.policy.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else (self.policy.tokenizer.eos_token_id or 0))
