@@ -49,9 +49,9 @@ class RunningServer:
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "WANDB_MODE": "offline",
-            # Short leases so a killed runner's job is picked up again within seconds.
-            "PREFTUNE_LEASE_SECONDS": os.environ.get("PREFTUNE_TEST_LEASE_SECONDS", "6"),
-            "PREFTUNE_HEARTBEAT_SECONDS": "1",
+            # A lease long enough that a busy CI machine never loses a healthy job to expiry.
+            "PREFTUNE_LEASE_SECONDS": "60",
+            "PREFTUNE_HEARTBEAT_SECONDS": "2",
         }
         for var in ("PREFTUNE_API_KEY", "PREFTUNE_BASE_URL", "PREFTUNE_DATABASE_URL"):
             self.env.pop(var, None)
