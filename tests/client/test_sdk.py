@@ -106,3 +106,23 @@ def test_key_comes_from_the_environment_or_the_credentials_file(
     monkeypatch.setenv("PREFTUNE_BASE_URL", "http://example.test:1234/")
     client = Client()
     assert client.api_key == "pt-env-key" and client.base_url == "http://example.test:1234"
+
+
+def test_upload_reports_progress_and_survives_a_retry(sdk: Any, tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def fail_first_upload(request: httpx.Request) -> int | None:
+        if request.method == "POST" and request.url.path == "/v1/files":
+            calls["n"] += 1
+            return 503 if calls["n"] == 1 else None
+        return None
+
+    client = sdk.client(fail_first_upload)
+    path = _data(tmp_path, rows=2000)
+    seen: list[tuple[int, int]] = []
+    uploaded = client.files.upload(path, on_progress=lambda done, total: seen.append((done, total)))
+    size = path.stat().st_size
+    assert seen[-1] == (size, size) and all(total == size for _, total in seen)
+    assert uploaded.bytes == size and client.files.content(uploaded.id) == path.read_bytes()
+    # The retried request sent the whole file again, from its start.
+    assert calls["n"] == 2

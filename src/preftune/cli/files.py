@@ -6,6 +6,14 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from preftune.cli.common import (
     JSON_OPTION,
@@ -19,6 +27,9 @@ from preftune.cli.common import (
 )
 
 app = typer.Typer(no_args_is_help=True)
+
+# Smaller uploads finish before a progress bar would be worth drawing.
+PROGRESS_FROM_BYTES = 8 * 1024 * 1024
 
 try:  # `check` is the data layer's; it works without a server.
     from preftune.cli.files_check import check
@@ -68,7 +79,24 @@ def upload(
 ) -> None:
     """Upload a data file; the server validates it (status processed or error)."""
     with make_client() as client:
-        file = client.files.upload(path, purpose=purpose, name=name)
+        if as_json or path.stat().st_size < PROGRESS_FROM_BYTES:
+            file = client.files.upload(path, purpose=purpose, name=name)
+        else:
+            columns = (
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+            )
+            with Progress(*columns, console=console, transient=True) as progress:
+                task = progress.add_task(f"uploading {path.name}", total=path.stat().st_size)
+                file = client.files.upload(
+                    path,
+                    purpose=purpose,
+                    name=name,
+                    on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+                )
     if as_json:
         print_json(file)
     else:

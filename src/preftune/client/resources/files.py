@@ -3,21 +3,53 @@
 from __future__ import annotations
 
 import mimetypes
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from preftune.client._base import HTTPTransport
 from preftune.client.pagination import Page
 from preftune.client.types import DeletedObject, FileObject
 
 
+class _ProgressReader:
+    """A binary file that reports how much of it has been read (httpx streams uploads by `read`)."""
+
+    def __init__(self, raw: BinaryIO, on_progress: Callable[[int, int], None]) -> None:
+        self.raw = raw
+        self.on_progress = on_progress
+        self.total = os.fstat(raw.fileno()).st_size
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.raw.read(size)
+        self.on_progress(self.raw.tell(), self.total)
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+
 class Files:
     def __init__(self, transport: HTTPTransport) -> None:
         self._t = transport
 
-    def upload(self, file: str | Path, *, purpose: str = "fine-tune", name: str | None = None) -> FileObject:
+    def upload(
+        self,
+        file: str | Path,
+        *,
+        purpose: str = "fine-tune",
+        name: str | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> FileObject:
         """Upload a local file (streamed from disk) and return it validated: `status` is `processed` or
-        `error`, and `report_summary` says why."""
+        `error`, and `report_summary` says why. `on_progress(bytes_sent, bytes_total)` follows the upload."""
         path = Path(file).expanduser()
         if not path.is_file():
             from preftune.errors import InvalidRequestError
@@ -27,7 +59,8 @@ class Files:
         if name is not None:
             data["name"] = name
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        with path.open("rb") as handle:
+        with path.open("rb") as raw:
+            handle: BinaryIO = _ProgressReader(raw, on_progress) if on_progress else raw  # type: ignore[assignment]
             body = self._t.request(
                 "POST", "/files", files={"file": (path.name, handle, content_type)}, data=data
             )
