@@ -99,7 +99,7 @@ def retrieve(
 @app.command("delete")
 @handle_errors
 def delete(deployment_id: str = typer.Argument(..., help="deploy-… id"), as_json: bool = JSON_OPTION) -> None:
-    """Stop keeping the model loaded (it is unloaded once idle, unless another deployment holds it)."""
+    """Stop holding the model: it is then loaded on demand like any other, and unloaded when idle and room is needed."""
     with make_client() as client:
         deployment = _resource(client).delete(deployment_id)
     if as_json:
