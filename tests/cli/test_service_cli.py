@@ -121,3 +121,10 @@ def test_tables_show_whole_ids(wired: None, tmp_path: Path) -> None:
     data = write(tmp_path / "pairs.jsonl", [GOOD] * 3)
     file_id = json.loads(run("files", "upload", str(data), "--json"))["id"]
     assert file_id in run("files", "list")
+
+
+def test_upload_with_a_progress_bar(wired: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("preftune.cli.files.PROGRESS_FROM_BYTES", 0)
+    data = write(tmp_path / "pairs.jsonl", [GOOD] * 50)
+    output = run("files", "upload", str(data), "--name", "pairs")
+    assert "status: processed" in output and "name: pairs" in output
