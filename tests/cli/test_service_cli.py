@@ -128,3 +128,12 @@ def test_upload_with_a_progress_bar(wired: None, tmp_path: Path, monkeypatch: py
     data = write(tmp_path / "pairs.jsonl", [GOOD] * 50)
     output = run("files", "upload", str(data), "--name", "pairs")
     assert "status: processed" in output and "name: pairs" in output
+
+
+def test_content_to_a_file_and_to_stdout(wired: None, tmp_path: Path) -> None:
+    data = write(tmp_path / "pairs.jsonl", [GOOD] * 3)
+    uploaded = json.loads(run("files", "upload", str(data), "--json", "--name", "three"))
+    copy = tmp_path / "copy.jsonl"
+    written = json.loads(run("files", "content", "three", "-o", str(copy), "--json"))
+    assert copy.read_bytes() == data.read_bytes() and written["sha256"] == uploaded["sha256"]
+    assert run("files", "content", uploaded["id"]) == data.read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -154,16 +155,25 @@ def retrieve(
 @app.command("content")
 @handle_errors
 def content(
-    file_id: str = typer.Argument(..., help="file-… id"),
+    file_id: str = typer.Argument(..., help="file-… id or dataset name"),
     output: Path | None = typer.Option(None, "-o", "--output", help="Write here instead of stdout."),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="With -o: print {id, path, bytes, sha256} as JSON (stdout is the data otherwise).",
+    ),
 ) -> None:
     """Download a file's content exactly as uploaded."""
     with make_client() as client:
-        if output is not None:
-            client.files.download(file_id, output)
-            console.print(f"wrote {output}")
-        else:
+        if output is None:
             sys.stdout.buffer.write(client.files.content(file_id))
+            return
+        client.files.download(file_id, output)
+        if as_json:
+            digest = hashlib.sha256(output.read_bytes()).hexdigest()
+            print_json({"id": file_id, "path": str(output), "bytes": output.stat().st_size, "sha256": digest})
+        else:
+            console.print(f"wrote {output}")
 
 
 @app.command("delete")
