@@ -1,7 +1,7 @@
 """Regenerate the README's table of training knobs from `TrainingSpec` (the single source of truth).
 
-    .venv/bin/python scripts/readme_knobs.py          # rewrite README.md in place
-    .venv/bin/python scripts/readme_knobs.py --check  # exit 1 if README.md is stale (used by the tests)
+.venv/bin/python scripts/readme_knobs.py          # rewrite README.md in place
+.venv/bin/python scripts/readme_knobs.py --check  # exit 1 if README.md is stale (used by the tests)
 """
 
 from __future__ import annotations

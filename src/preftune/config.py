@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     port: int = 8600
     workers: int = Field(default=1, ge=0, description="Local runner processes started by `preftune serve`.")
     max_upload_bytes: int = Field(default=5 * 1024**3, description="Largest accepted upload.")
-    lease_seconds: float = Field(default=30.0, gt=0, description="A runner's claim on a job expires after this.")
+    lease_seconds: float = Field(
+        default=30.0, gt=0, description="A runner's claim on a job expires after this."
+    )
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     max_job_attempts: int = Field(default=3, ge=1, description="Runs of a job before it ends in error.")
     adapter_cache_size: int = Field(default=8, ge=1, description="LoRA adapters kept loaded per base model.")

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from preftune.errors import TrainingSpecError
 
@@ -94,13 +102,22 @@ class TrainingSpec(BaseModel):
         description="Train low-rank adapters instead of every weight (less memory, small outputs).",
         json_schema_extra={"group": "basic"},
     )
-    lora_r: int = Field(default=16, ge=1, le=1024, description="LoRA rank.", json_schema_extra={"group": "lora"})
+    lora_r: int = Field(
+        default=16, ge=1, le=1024, description="LoRA rank.", json_schema_extra={"group": "lora"}
+    )
     lora_alpha: int = Field(
-        default=32, ge=1, le=4096, description="LoRA scaling numerator (scale = alpha / r).",
+        default=32,
+        ge=1,
+        le=4096,
+        description="LoRA scaling numerator (scale = alpha / r).",
         json_schema_extra={"group": "lora"},
     )
     lora_dropout: float = Field(
-        default=0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.", json_schema_extra={"group": "lora"}
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout on the LoRA input.",
+        json_schema_extra={"group": "lora"},
     )
     lora_trainable_modules: str = Field(
         default="all-linear",
@@ -109,81 +126,145 @@ class TrainingSpec(BaseModel):
     )
 
     # --- schedule -----------------------------------------------------------------
-    n_epochs: int = Field(default=1, ge=1, le=100, description="Passes over the training data.",
-                          json_schema_extra={"group": "basic"})
+    n_epochs: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="Passes over the training data.",
+        json_schema_extra={"group": "basic"},
+    )
     max_steps: int | None = Field(
-        default=None, ge=1, description="Stop after this many optimizer steps (handy for smoke runs).",
+        default=None,
+        ge=1,
+        description="Stop after this many optimizer steps (handy for smoke runs).",
         json_schema_extra={"group": "advanced"},
     )
-    batch_size: int = Field(default=8, ge=1, le=4096, description="Examples (pairs for DPO) per optimizer step "
-                            "before gradient accumulation.", json_schema_extra={"group": "basic"})
+    batch_size: int = Field(
+        default=8,
+        ge=1,
+        le=4096,
+        description="Examples (pairs for DPO) per optimizer step before gradient accumulation.",
+        json_schema_extra={"group": "basic"},
+    )
     gradient_accumulation_steps: int = Field(
-        default=1, ge=1, le=1024, description="Micro-batches summed into one optimizer step.",
+        default=1,
+        ge=1,
+        le=1024,
+        description="Micro-batches summed into one optimizer step.",
         json_schema_extra={"group": "advanced"},
     )
-    learning_rate: float = Field(default=5e-5, gt=0.0, le=1.0, description="Peak learning rate (AdamW).",
-                                 json_schema_extra={"group": "basic"})
+    learning_rate: float = Field(
+        default=5e-5,
+        gt=0.0,
+        le=1.0,
+        description="Peak learning rate (AdamW).",
+        json_schema_extra={"group": "basic"},
+    )
     lr_scheduler_type: Literal["linear", "cosine", "constant"] = Field(
         default="linear", description="Decay after warmup.", json_schema_extra={"group": "advanced"}
     )
-    warmup_ratio: float = Field(default=0.0, ge=0.0, le=1.0, description="Fraction of steps spent warming up.",
-                                json_schema_extra={"group": "advanced"})
+    warmup_ratio: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of steps spent warming up.",
+        json_schema_extra={"group": "advanced"},
+    )
     min_lr_ratio: float = Field(
-        default=0.0, ge=0.0, le=1.0, description="Final learning rate as a fraction of the peak.",
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Final learning rate as a fraction of the peak.",
         json_schema_extra={"group": "advanced"},
     )
     max_grad_norm: float = Field(
-        default=1.0, ge=0.0, description="Clip the gradient norm to this (0 turns clipping off).",
+        default=1.0,
+        ge=0.0,
+        description="Clip the gradient norm to this (0 turns clipping off).",
         json_schema_extra={"group": "advanced"},
     )
-    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0, description="AdamW weight decay.",
-                                json_schema_extra={"group": "advanced"})
+    weight_decay: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="AdamW weight decay.",
+        json_schema_extra={"group": "advanced"},
+    )
     max_length: int = Field(
-        default=1024, ge=16, le=131072,
+        default=1024,
+        ge=16,
+        le=131072,
         description="Longest prompt + answer in tokens. Longer examples drop the prompt's start first, then "
         "the answers' ends; each truncation is counted in the report.",
         json_schema_extra={"group": "basic"},
     )
-    seed: int = Field(default=42, ge=0, description="Seed for shuffling, dropout and LoRA initialisation.",
-                      json_schema_extra={"group": "advanced"})
+    seed: int = Field(
+        default=42,
+        ge=0,
+        description="Seed for shuffling, dropout and LoRA initialisation.",
+        json_schema_extra={"group": "advanced"},
+    )
 
     # --- checkpoints, evaluation, outputs ------------------------------------------
-    n_checkpoints: int = Field(default=1, ge=1, le=100, description="Checkpoints saved over the run (the last "
-                               "one at the end).", json_schema_extra={"group": "advanced"})
-    n_evals: int = Field(default=0, ge=0, le=1000, description="Evaluations on the validation file over the run.",
-                         json_schema_extra={"group": "advanced"})
+    n_checkpoints: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="Checkpoints saved over the run (the last one at the end).",
+        json_schema_extra={"group": "advanced"},
+    )
+    n_evals: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Evaluations on the validation file over the run.",
+        json_schema_extra={"group": "advanced"},
+    )
     from_checkpoint: str | None = Field(
         default=None,
         description="Start from an earlier output: JOB_ID[:STEP] on the server, or an output directory for "
         "`preftune train` (e.g. SFT then DPO).",
         json_schema_extra={"group": "advanced"},
     )
-    merge: bool = Field(default=False, description="Also write a merged model (LoRA folded into the weights).",
-                        json_schema_extra={"group": "advanced"})
+    merge: bool = Field(
+        default=False,
+        description="Also write a merged model (LoRA folded into the weights).",
+        json_schema_extra={"group": "advanced"},
+    )
     suffix: str | None = Field(
-        default=None, max_length=40, pattern=r"^[a-zA-Z0-9_-]*$",
-        description="Added to the fine-tuned model's name.", json_schema_extra={"group": "basic"},
+        default=None,
+        max_length=40,
+        pattern=r"^[a-zA-Z0-9_-]*$",
+        description="Added to the fine-tuned model's name.",
+        json_schema_extra={"group": "basic"},
     )
 
     # --- performance --------------------------------------------------------------
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        default="auto", description="auto: bf16 autocast where the hardware does it fast, else fp32.",
+        default="auto",
+        description="auto: bf16 autocast where the hardware does it fast, else fp32.",
         json_schema_extra={"group": "performance"},
     )
     gradient_checkpointing: bool | Literal["auto"] = Field(
-        default="auto", description="Recompute activations in the backward pass to save memory.",
+        default="auto",
+        description="Recompute activations in the backward pass to save memory.",
         json_schema_extra={"group": "performance"},
     )
 
     # --- tracking -----------------------------------------------------------------
     wandb_api_key: SecretStr | None = Field(
-        default=None, description="Weights & Biases API key: metrics go to W&B. Never shown back.",
+        default=None,
+        description="Weights & Biases API key: metrics go to W&B. Never shown back.",
         json_schema_extra={"group": "tracking"},
     )
-    wandb_project: str | None = Field(default=None, description="W&B project (default preftune).",
-                                      json_schema_extra={"group": "tracking"})
-    wandb_name: str | None = Field(default=None, description="W&B run name (default: the job id).",
-                                   json_schema_extra={"group": "tracking"})
+    wandb_project: str | None = Field(
+        default=None, description="W&B project (default preftune).", json_schema_extra={"group": "tracking"}
+    )
+    wandb_name: str | None = Field(
+        default=None,
+        description="W&B run name (default: the job id).",
+        json_schema_extra={"group": "tracking"},
+    )
 
     @field_validator("lora_trainable_modules")
     @classmethod
@@ -211,8 +292,9 @@ class TrainingSpec(BaseModel):
         if self.dpo_label_smoothing > 0 and self.dpo_loss_type != "sigmoid":
             raise ValueError("dpo_label_smoothing applies to dpo_loss_type=sigmoid only")
         if self.training_method == "dpo" and self.train_on_inputs is True:
-            warnings.warn("train_on_inputs is ignored for DPO: the loss only covers the answers",
-                          stacklevel=2)
+            warnings.warn(
+                "train_on_inputs is ignored for DPO: the loss only covers the answers", stacklevel=2
+            )
         return self
 
     # --- derived ------------------------------------------------------------------

