@@ -44,6 +44,11 @@ class Settings(BaseSettings):
         default=True, description="Load a model without a deployment on first request (cold start)."
     )
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N")
+    secret_key: str | None = Field(
+        default=None,
+        description="Fernet key that encrypts stored secrets (W&B keys). Default: HOME/secret.key, made on "
+        "first use. Set the same value on every server and worker that share a database.",
+    )
 
     @property
     def resolved_database_url(self) -> str:
@@ -68,6 +73,10 @@ class Settings(BaseSettings):
     @cached_property
     def credentials_path(self) -> Path:
         return self.home / "credentials"
+
+    @cached_property
+    def secret_key_path(self) -> Path:
+        return self.home / "secret.key"
 
 
 def get_settings() -> Settings:

@@ -50,6 +50,17 @@ def test_invalid_upload_is_kept_with_an_error_naming_the_line(
         assert summary is not None and summary["n_errors"] >= 1 and summary["errors"][0]["line"] == 4
 
 
+def test_an_upload_named_like_another_format_is_refused_by_its_extension(
+    db: Database, blobs: BlobStore, alice: Any, small_orca: Path
+) -> None:
+    with db.session() as session:
+        record = file_service.create_file(
+            session, alice.owner_id, blobs.put_path(small_orca), filename="data.csv"
+        )
+        assert record.status == "error"
+        assert record.status_details is not None and ".jsonl" in record.status_details
+
+
 def test_names_follow_the_resource_rule_and_are_unique(
     db: Database, blobs: BlobStore, alice: Any, bob: Any, small_orca: Path
 ) -> None:

@@ -52,8 +52,9 @@ def test_create_queues_with_resolved_hyperparameters_and_ordered_events(
     assert hp["dpo_beta"] == 0.2 and hp["rpo_alpha"] == 1.0 and hp["lora"] is True
     assert "wandb_api_key" not in hp and hp["wandb_api_key_set"] is True
     assert "secret-wandb" not in str(hp)
-    # The runner still gets the secret.
-    assert job_service.spec_of(job).wandb_api_key is not None
+    # Stored encrypted: the clear key is nowhere in the row.
+    assert "secret-wandb" not in str(job.spec)
+    assert str(job.spec["wandb_api_key"]).startswith("fernet:")
     with db.session() as session:
         events = job_service.list_events(session, alice.owner_id, job.id).data
         assert [e.type for e in events] == ["JOB_PENDING", "JOB_QUEUED"]
@@ -242,3 +243,23 @@ def test_from_checkpoint_must_be_an_own_job_with_output(
             db, settings, alice.owner_id, orca_file_id, tiny_model_dir, params={"from_checkpoint": "/etc"}
         )
     assert getattr(path_ref.value, "param", None) == "from_checkpoint"
+
+
+def test_the_runner_gets_the_clear_wandb_key_and_a_wrong_secret_key_is_refused(
+    db: Database, settings: Settings, alice: Any, orca_file_id: str, tiny_model_dir: Path
+) -> None:
+    from preftune.errors import PreftuneError
+    from preftune.service.runs import claim_job
+    from preftune.service.secrets import decrypt_secret
+
+    job = _create(
+        db, settings, alice.owner_id, orca_file_id, tiny_model_dir, params={"wandb_api_key": "secret-wandb"}
+    )
+    assert (settings.home / "secret.key").stat().st_mode & 0o777 == 0o600
+    with db.session() as session:
+        claimed = claim_job(session, "runner-1", settings, BlobStore(settings.blobs_dir))
+    assert claimed is not None and claimed.job_id == job.id
+    assert claimed.spec["wandb_api_key"] == "secret-wandb"
+    other = settings.model_copy(update={"secret_key": "x" * 43 + "="})
+    with pytest.raises(PreftuneError, match="PREFTUNE_SECRET_KEY"):
+        decrypt_secret(other, str(job.spec["wandb_api_key"]))

@@ -23,11 +23,15 @@ PURPOSES = ("fine-tune",)
 SUMMARY_ITEMS = 5
 
 
-def validate_blob(path: Path) -> dict[str, Any]:
-    """Run the data layer's streaming validator and return its JSON report."""
+def validate_blob(path: Path, filename: str | None = None) -> dict[str, Any]:
+    """Run the data layer's streaming validator and return its JSON report.
+
+    `filename` is the name the user uploaded (the blob itself is named by its sha256), so the
+    extension rule (.jsonl / .jsonl.gz) applies to uploads as it does to `files check`.
+    """
     from preftune.data import validate_file
 
-    report = dict(validate_file(path).to_dict())
+    report = dict(validate_file(path, name=filename).to_dict())
     # The blob's path on the server means nothing to the user and is not theirs to know.
     report.pop("path", None)
     return report
@@ -79,7 +83,7 @@ def create_file(
     if name is not None:
         check_resource_name(name)
         _check_name_free(session, owner_id, name)
-    report = validate_blob(blob.path)
+    report = validate_blob(blob.path, Path(filename).name or None)
     ok = bool(report.get("ok"))
     record = File(
         id=new_id("file"),

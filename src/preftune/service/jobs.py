@@ -27,6 +27,7 @@ from preftune.service.common import Page, check_limit, new_id, now
 from preftune.service.events import EventType, add_event
 from preftune.service.files import get_file
 from preftune.service.models import FT_PREFIX, resolve_for_owner
+from preftune.service.secrets import encrypt_secret
 from preftune.service.states import JobStatus, check_transition, is_terminal
 from preftune.store.models import Checkpoint, File, Job, JobEvent, JobMetric
 from preftune.training.spec import TrainingSpec
@@ -187,7 +188,7 @@ def create_job(
         model=model,
         training_file_id=train_record.id,
         validation_file_id=validation_id,
-        spec=spec.model_dump(mode="json") | {"wandb_api_key": _secret(spec)},
+        spec=spec.model_dump(mode="json") | {"wandb_api_key": encrypt_secret(settings, _secret(spec))},
         from_checkpoint_path=checkpoint_path,
         status=JobStatus.PENDING.value,
         idempotency_key=idempotency_key,

@@ -24,6 +24,7 @@ from preftune.service.events import EventType, add_event
 from preftune.service.files import file_blob_path
 from preftune.service.jobs import job_dir, set_status
 from preftune.service.models import model_name_for
+from preftune.service.secrets import decrypt_secret
 from preftune.service.states import ACTIVE, JobStatus
 from preftune.store.blobs import BlobStore
 from preftune.store.models import Checkpoint, FineTunedModel, Job, JobMetric
@@ -189,7 +190,7 @@ def _start_attempt(session: Session, token: str, settings: Settings, blobs: Blob
         attempt=job.attempts,
         restarted=restarted,
         model=job.model,
-        spec=dict(job.spec),
+        spec=dict(job.spec) | {"wandb_api_key": decrypt_secret(settings, job.spec.get("wandb_api_key"))},
         training_file=file_blob_path(session, job.training_file_id, blobs),
         validation_file=file_blob_path(session, job.validation_file_id, blobs)
         if job.validation_file_id
