@@ -345,7 +345,8 @@ def main() -> None:
         ours = run_worker("preftune", model_dir=str(model_dir), data=str(data), precision="auto")
         if "failed" in ours:
             raise SystemExit(f"preftune failed: {ours['failed']}")
-        results.append({"name": f"preftune ({ours['precision']})", **ours})
+        ours = {"name": f"preftune ({ours['precision']})", **ours}
+        results.append(ours)
         peak = run_worker("matmul", dtype_name="fp32" if ours["precision"] == "fp32" else "bf16")["flops"]
         flops = model_flops(model_dir, data, KNOBS["max_length"], int(ours["tokens_seen"] or tokens))
 
