@@ -100,9 +100,11 @@ def _held_out_prompts(path: Path, count: int) -> list[str]:
 
 def demo(
     data: Path = typer.Option(ORCA, "--data", help="Preference data to fine-tune on (preftune format)."),
-    steps: int = typer.Option(24, "--steps", min=1, help="Optimizer steps of the demo run."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    max_length: int = typer.Option(512, "--max-length", min=64),
+    steps: int = typer.Option(12, "--steps", min=1, help="Optimizer steps of the demo run."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1),
+    max_length: int = typer.Option(
+        256, "--max-length", min=64, help="Short, so the demo trains in minutes on a laptop CPU."
+    ),
     learning_rate: float = typer.Option(2e-4, "--learning-rate", help="LoRA tolerates a high rate."),
     dpo_beta: float = typer.Option(0.1, "--dpo-beta"),
     port: int = typer.Option(8600, "--port", help="Server port (another free one if it is taken)."),
@@ -171,7 +173,7 @@ def demo(
         _step("7. Ask the fine-tuned model and the base model the same held-out questions")
         for prompt in _held_out_prompts(data, 2):
             _run(
-                ["chat", model_name, "--compare", DEFAULT_MODEL, "--prompt", prompt, "--max-tokens", "96",
+                ["chat", model_name, "--compare", DEFAULT_MODEL, "--prompt", prompt, "--max-tokens", "64",
                  "--temperature", "0"],
                 env,
                 check=False,
