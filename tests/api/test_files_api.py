@@ -107,3 +107,27 @@ def test_limit_holds_for_a_body_just_over_it(api: Any) -> None:
     assert not any(api.settings.blobs_dir.rglob("*.part"))
     ok = _upload(api, line * (limit // len(line)))
     assert ok.status_code == 200 and ok.json()["status"] == "processed"
+
+
+def test_report_with_a_model_adds_token_statistics_with_histograms(
+    api: Any, orca_path: Path, tiny_model_dir: Path
+) -> None:
+    content = orca_path.read_bytes()
+    body = _upload(api, content[: 60 * 1024].rsplit(b"\n", 1)[0] + b"\n").json()
+    plain = api.client.get(f"/v1/files/{body['id']}/report", headers=api.headers()).json()
+    assert "token_stats" not in plain or not plain["token_stats"]
+
+    url = f"/v1/files/{body['id']}/report?model={tiny_model_dir}&max_length=128"
+    report = api.client.get(url, headers=api.headers()).json()
+    stats = report["token_stats"]
+    assert stats["max_length"] == 128 and stats["n_examples"] == body["n_examples"]
+    for part in ("prompt", "preferred", "non_preferred"):
+        hist = stats[part]["histogram"]
+        assert sum(hist["counts"]) == body["n_examples"]
+        assert len(hist["edges"]) == len(hist["counts"]) + 1 and hist["edges"][-1] > stats[part]["max"]
+    assert 0 < stats["truncated"] <= body["n_examples"]
+
+    missing = api.client.get(f"/v1/files/{body['id']}/report?model=no-such-model", headers=api.headers())
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"
+    other = api.client.get(url, headers=api.headers(api.key_b))
+    assert other.status_code == 404

@@ -69,3 +69,16 @@ def test_collect_reports_truncation(tokenizer) -> None:  # type: ignore[no-untyp
     result = collect(tokenizer, [short, long, short], limit, "tiny").to_dict()
     assert result["truncated"] == 1 and result["n_examples"] == 3 and result["model"] == "tiny"
     assert result["prompt"]["max"] == lengths[0] and set(result) >= {"preferred", "non_preferred"}
+
+
+def test_histogram_bins_by_hand() -> None:
+    from preftune.data.token_stats import histogram
+
+    # max 39 -> 40 values 0..39 in 20 bins of width 2: 0-1, 2-3, ..., 38-39.
+    result = histogram([0, 1, 2, 39, 39, 10], bins=20)
+    assert result["edges"][:3] == [0, 2, 4] and result["edges"][-1] == 40
+    assert len(result["counts"]) == 20 and sum(result["counts"]) == 6
+    assert result["counts"][0] == 2 and result["counts"][1] == 1 and result["counts"][5] == 1
+    assert result["counts"][-1] == 2
+    assert histogram([]) == {"edges": [], "counts": []}
+    assert histogram([5, 5]) == {"edges": [0, 1, 2, 3, 4, 5, 6], "counts": [0, 0, 0, 0, 0, 2]}

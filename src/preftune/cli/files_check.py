@@ -24,7 +24,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from preftune.data import Example, ValidationReport, iter_examples, validate_file
+from preftune.data import Example, ValidationReport, validate_file
 from preftune.data.types import FORMAT_NAMES
 from preftune.errors import PreftuneError
 
@@ -123,22 +123,15 @@ def token_statistics(
 ) -> dict[str, Any]:
     """Token statistics with the model's own tokenizer and chat template (raises PreftuneError)."""
     from preftune.config import Settings
-    from preftune.data.token_stats import collect
-    from preftune.training.models import resolve_model
+    from preftune.training.token_report import token_statistics as collect_stats
 
-    model_dir = resolve_model(model, Settings().models_dir)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise PreftuneError(
-            f"model {model!r} has no chat template, so prompts cannot be rendered as the trainer "
-            "would; pick a chat model",
-            param="model",
-            code="no_chat_template",
-        )
-    examples = _counted(iter_examples(path), n_examples, enabled=show_progress)
-    return collect(tokenizer, examples, max_length, model).to_dict()
+    return collect_stats(
+        path,
+        model,
+        max_length,
+        Settings().models_dir,
+        wrap=lambda examples: _counted(examples, n_examples, enabled=show_progress),
+    )
 
 
 def check(

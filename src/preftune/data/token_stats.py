@@ -43,6 +43,30 @@ def summarize(lengths: Sequence[int]) -> dict[str, float | int | None]:
     }
 
 
+HISTOGRAM_BINS = 20
+
+
+def histogram(lengths: Sequence[int], bins: int = HISTOGRAM_BINS) -> dict[str, list[int]]:
+    """Counts of lengths in `bins` equal-width integer bins from 0 to the maximum.
+
+    `edges` has one more entry than `counts`; bin i holds edges[i] <= length < edges[i+1]
+    (the last bin also holds the maximum). Integer edges, so a label reads as whole tokens.
+    """
+    if not lengths:
+        return {"edges": [], "counts": []}
+    top = max(lengths)
+    width = max(1, math.ceil((top + 1) / bins))
+    n_bins = max(1, math.ceil((top + 1) / width))
+    counts = [0] * n_bins
+    for length in lengths:
+        counts[min(length // width, n_bins - 1)] += 1
+    return {"edges": [i * width for i in range(n_bins + 1)], "counts": counts}
+
+
+def _part(lengths: Sequence[int]) -> dict[str, Any]:
+    return {**summarize(lengths), "histogram": histogram(lengths)}
+
+
 class TokenStats:
     """Collects per-example token lengths; `to_dict()` gives the report's `token_stats`."""
 
@@ -79,11 +103,11 @@ class TokenStats:
             "truncated": self.truncated,
         }
         if self.prompt:
-            out["prompt"] = summarize(self.prompt)
-            out["preferred"] = summarize(self.preferred)
-            out["non_preferred"] = summarize(self.non_preferred)
+            out["prompt"] = _part(self.prompt)
+            out["preferred"] = _part(self.preferred)
+            out["non_preferred"] = _part(self.non_preferred)
         if self.sequence:
-            out["sequence"] = summarize(self.sequence)
+            out["sequence"] = _part(self.sequence)
         return out
 
 

@@ -6,6 +6,7 @@ into `BlobStore`, then calls `create_file` with the resulting `BlobInfo`.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,39 @@ def get_report(session: Session, owner_id: str, file_id: str) -> dict[str, Any]:
     """The full validation report of a file."""
     record = get_file(session, owner_id, file_id)
     return dict(record.report or {})
+
+
+def report_with_token_stats(
+    session: Session,
+    owner_id: str,
+    file_id: str,
+    blobs: BlobStore,
+    *,
+    model: str,
+    max_length: int,
+    models_dir: Path,
+) -> dict[str, Any]:
+    """The full report plus token statistics with `model`'s tokenizer (computed once, then cached).
+
+    Only for a file that passed validation: the statistics describe what would be trained on.
+    """
+    record = get_file(session, owner_id, file_id)
+    report = dict(record.report or {})
+    if not report.get("ok"):
+        raise InvalidRequestError(
+            "token statistics need a file that passed validation; fix its errors first", param="model"
+        )
+    path = content_path(session, owner_id, file_id, blobs)
+    report["token_stats"] = _cached_token_stats(str(path), model, max_length, str(models_dir))
+    return report
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_token_stats(path: str, model: str, max_length: int, models_dir: str) -> dict[str, Any]:
+    # Blobs are content-addressed and immutable, so (path, model, max_length) fixes the answer.
+    from preftune.training.token_report import token_statistics
+
+    return token_statistics(Path(path), model, max_length, Path(models_dir))
 
 
 def content_path(session: Session, owner_id: str, file_id: str, blobs: BlobStore) -> Path:

@@ -18,6 +18,7 @@ from preftune.service import files as file_service
 from preftune.service.keys import Caller
 from preftune.store.blobs import BlobStore
 from preftune.store.db import Database
+from preftune.training.spec import TrainingSpec
 
 router = APIRouter(tags=["files"])
 
@@ -111,11 +112,32 @@ def retrieve_file(
 )
 def file_report(
     file_id: str = Path(description="file-… id or dataset name"),
+    model: str | None = Query(
+        None,
+        description="Add token statistics (with histograms) using this base model's tokenizer and chat template.",
+    ),
+    max_length: int = Query(
+        TrainingSpec.model_fields["max_length"].default,
+        ge=16,
+        description="With `model`: count the examples longer than this many tokens.",
+    ),
     caller: Caller = Depends(get_owner),
     session: Session = Depends(get_db),
+    blobs: BlobStore = Depends(get_blobs),
+    settings: Settings = Depends(get_settings),
 ) -> dict[str, Any]:
-    """Counts, every collected error (`line`, `field`, `message`), warnings and token statistics."""
-    return file_service.get_report(session, caller.owner_id, file_id)
+    """Counts, every collected error (`line`, `field`, `message`), warnings and, with `model`, token statistics."""
+    if model is None:
+        return file_service.get_report(session, caller.owner_id, file_id)
+    return file_service.report_with_token_stats(
+        session,
+        caller.owner_id,
+        file_id,
+        blobs,
+        model=model,
+        max_length=max_length,
+        models_dir=settings.models_dir,
+    )
 
 
 @router.get(
