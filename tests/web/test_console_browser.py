@@ -73,6 +73,16 @@ def test_wizard_uploads_a_sample_and_shows_its_report_and_preview(
     assert preview.get_by_text("Example 6", exact=True).count() == 0
     preview.get_by_role("button", name="Show more examples").click()
     preview.get_by_text("Example 6", exact=True).wait_for()
+    # Token-length histograms with a chosen model's tokenizer, computed by the server.
+    chooser = page.get_by_label("Token statistics for model")
+    chooser.locator("option[value='tiny-llama']").wait_for(state="attached")
+    chooser.select_option("tiny-llama")
+    histogram = page.get_by_role("img", name="Prompt token-length histogram")
+    histogram.wait_for()
+    assert histogram.locator("span").count() > 1
+    assert page.get_by_role("img", name="Non-preferred answer token-length histogram").count() == 1
+    histogram.scroll_into_view_if_needed()
+    shoot(page, "dataset-token-histograms", full_page=False)
     preview.scroll_into_view_if_needed()
     shoot(page, "dataset-detail", full_page=False)
     shoot(page, "dataset-detail-narrow", narrow=True, full_page=False)
