@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import inspect
 import time
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import typer
-from pydantic import SecretStr
-from pydantic.fields import FieldInfo
 from rich.console import Group
 from rich.live import Live
 from rich.progress import (
@@ -41,6 +37,7 @@ from preftune.cli.common import (
     print_json,
     print_table,
 )
+from preftune.cli.spec_flags import parse_knob, spec_parameter
 from preftune.training.spec import TrainingSpec
 
 app = typer.Typer(no_args_is_help=True)
@@ -72,53 +69,7 @@ WATCH_METRICS = [
 ]
 
 
-# --- create: one option per TrainingSpec field ----------------------------------------------
-def _cli_type(annotation: Any) -> Any:
-    """The type Typer parses a knob as (None means the flag was not given)."""
-    args = typing.get_args(annotation)
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        members = [a for a in args if a is not type(None)]
-        literals = [a for a in members if typing.get_origin(a) is Literal]
-        if bool in members and literals:  # bool | Literal["auto"]: accept true/false/auto
-            return str
-        if len(members) == 1:
-            inner = members[0]
-            return str if inner is SecretStr else inner
-        return str
-    return annotation
-
-
-def _spec_parameter(name: str, field: FieldInfo) -> inspect.Parameter:
-    flag = "--" + name.replace("_", "-")
-    cli_type = _cli_type(field.annotation)
-    default = field.get_default(call_default_factory=True)
-    shown = "set" if isinstance(default, SecretStr) else default
-    help_text = f"{field.description or ''} (default: {shown})".strip()
-    decl = f"{flag}/--no-{flag[2:]}" if cli_type is bool else flag
-    group = (
-        (field.json_schema_extra or {}).get("group", "advanced")
-        if isinstance(field.json_schema_extra, dict)
-        else None
-    )
-    option = typer.Option(
-        None,
-        decl,
-        help=help_text,
-        show_default=False,
-        rich_help_panel=f"Hyperparameters: {group}" if group else None,
-    )
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=cli_type | None)
-
-
-def _parse_knob(name: str, value: Any) -> Any:
-    """`bool | Literal["auto"]` knobs arrive as text: true/false become booleans, auto stays."""
-    annotation = TrainingSpec.model_fields[name].annotation
-    if isinstance(value, str) and bool in typing.get_args(annotation) and value.lower() in {"true", "false"}:
-        return value.lower() == "true"
-    return value
-
-
+# --- create: one option per TrainingSpec field (preftune.cli.spec_flags) ---------------------
 @handle_errors
 def _create(
     *,
@@ -136,7 +87,7 @@ def _create(
         params = TrainingSpec.from_yaml(config).model_dump(exclude_unset=True)
         if "wandb_api_key" in params and params["wandb_api_key"] is not None:
             params["wandb_api_key"] = params["wandb_api_key"].get_secret_value()
-    params |= {name: _parse_knob(name, value) for name, value in knobs.items() if value is not None}
+    params |= {name: parse_knob(name, value) for name, value in knobs.items() if value is not None}
     with make_client() as client:
         job = client.fine_tuning.create(
             training_file=training_file,
@@ -201,7 +152,7 @@ def _build_create() -> Any:
             "json_output", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=JSON_OPTION
         ),
     ]
-    knobs = [_spec_parameter(name, field) for name, field in TrainingSpec.model_fields.items()]
+    knobs = [spec_parameter(name, field) for name, field in TrainingSpec.model_fields.items()]
 
     def create(**kwargs: Any) -> None:
         """Queue a fine-tuning job (every TrainingSpec knob is a flag; see --help)."""

@@ -17,7 +17,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from preftune.cli.common import console, handle_errors
-from preftune.cli.fine_tuning import _parse_knob, _spec_parameter
+from preftune.cli.spec_flags import parse_knob, spec_parameter
 from preftune.training.callbacks import TrainCallbacks
 from preftune.training.spec import TrainingSpec
 
@@ -79,7 +79,7 @@ def collect_spec(config: Path | None, knobs: dict[str, Any]) -> TrainingSpec:
     base: dict[str, Any] = {}
     if config is not None:
         base = TrainingSpec.from_yaml(config).model_dump(exclude_unset=True)
-    flags = {name: _parse_knob(name, value) for name, value in knobs.items() if value is not None}
+    flags = {name: parse_knob(name, value) for name, value in knobs.items() if value is not None}
     return TrainingSpec.from_params({**base, **flags})
 
 
@@ -171,7 +171,7 @@ def build_command() -> Any:
             typer.Option(False, "--resume", help="Continue from the last checkpoint in --output-dir."),
         ),
     ]
-    knobs = [_spec_parameter(name, field) for name, field in TrainingSpec.model_fields.items()]
+    knobs = [spec_parameter(name, field) for name, field in TrainingSpec.model_fields.items()]
 
     def train_command(**kwargs: Any) -> None:
         """Train locally: DPO, SimPO, RPO or SFT, with LoRA or full fine-tuning."""
