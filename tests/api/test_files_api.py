@@ -131,3 +131,59 @@ def test_report_with_a_model_adds_token_statistics_with_histograms(
     assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"
     other = api.client.get(url, headers=api.headers(api.key_b))
     assert other.status_code == 404
+
+
+def test_an_upload_retried_with_its_idempotency_key_returns_the_first_file(api: Any) -> None:
+    content = _jsonl([GOOD] * 3)
+    key = {"Idempotency-Key": "upload-1"}
+    first = api.client.post(
+        "/v1/files",
+        files={"file": ("data.jsonl", content, "application/jsonl")},
+        data={"purpose": "fine-tune"},
+        headers=api.headers() | key,
+    )
+    again = api.client.post(
+        "/v1/files",
+        files={"file": ("data.jsonl", content, "application/jsonl")},
+        data={"purpose": "fine-tune"},
+        headers=api.headers() | key,
+    )
+    assert first.status_code == again.status_code == 200, again.text
+    assert again.json() == first.json()
+    listed = api.client.get("/v1/files", headers=api.headers()).json()["data"]
+    assert [f["id"] for f in listed] == [first.json()["id"]]
+
+    # The same key with other content is a mistake: 409 naming the header and the first file.
+    other = api.client.post(
+        "/v1/files",
+        files={"file": ("data.jsonl", _jsonl([GOOD] * 4), "application/jsonl")},
+        data={"purpose": "fine-tune"},
+        headers=api.headers() | key,
+    )
+    assert other.status_code == 409
+    error = other.json()["error"]
+    assert error["param"] == "Idempotency-Key" and error["code"] == "idempotency_key_reused"
+    assert first.json()["id"] in error["message"] and "new key" in error["message"]
+
+    # Keys are per owner: bob's upload with alice's key is bob's own new file.
+    bobs = api.client.post(
+        "/v1/files",
+        files={"file": ("data.jsonl", content, "application/jsonl")},
+        data={"purpose": "fine-tune"},
+        headers=api.headers(api.key_b) | key,
+    )
+    assert bobs.status_code == 200 and bobs.json()["id"] != first.json()["id"]
+    assert len(api.client.get("/v1/files", headers=api.headers()).json()["data"]) == 1
+
+
+def test_an_upload_without_a_key_is_always_new_and_a_deleted_files_key_is_free(api: Any) -> None:
+    content = _jsonl([GOOD] * 3)
+    ids = {_upload(api, content).json()["id"] for _ in range(2)}
+    assert len(ids) == 2
+    key = {"Idempotency-Key": "upload-2"}
+    files = {"file": ("data.jsonl", content, "application/jsonl")}
+    first = api.client.post("/v1/files", files=files, headers=api.headers() | key).json()
+    assert api.client.delete(f"/v1/files/{first['id']}", headers=api.headers()).status_code == 200
+    files = {"file": ("data.jsonl", content, "application/jsonl")}
+    second = api.client.post("/v1/files", files=files, headers=api.headers() | key)
+    assert second.status_code == 200 and second.json()["id"] != first["id"]

@@ -199,6 +199,7 @@ def test_another_owners_job_is_not_found_everywhere(
         lambda s: job_service.cancel_job(s, bob.owner_id, job.id),
         lambda s: job_service.list_events(s, bob.owner_id, job.id),
         lambda s: job_service.list_metrics(s, bob.owner_id, job.id),
+        lambda s: job_service.list_metric_rows(s, bob.owner_id, job.id),
         lambda s: job_service.list_checkpoints(s, bob.owner_id, job.id),
         lambda s: job_service.artifact_path(s, bob.owner_id, job.id, settings),
     ]
@@ -263,3 +264,77 @@ def test_the_runner_gets_the_clear_wandb_key_and_a_wrong_secret_key_is_refused(
     other = settings.model_copy(update={"secret_key": "x" * 43 + "="})
     with pytest.raises(PreftuneError, match="PREFTUNE_SECRET_KEY"):
         decrypt_secret(other, str(job.spec["wandb_api_key"]))
+
+
+def test_metric_rows_come_in_step_order_for_one_split(
+    db: Database, settings: Settings, alice: Any, orca_file_id: str, tiny_model_dir: Path
+) -> None:
+    from preftune.service.runs import claim_job, record_step
+
+    job = _create(db, settings, alice.owner_id, orca_file_id, tiny_model_dir)
+    with db.session() as session:
+        claimed = claim_job(session, "runner-1", settings, BlobStore(settings.blobs_dir))
+        assert claimed is not None
+        for step in (2, 1):
+            record_step(session, job.id, claimed.claim_token, {"step": step, "loss": 0.7 - step / 10})
+        record_step(session, job.id, claimed.claim_token, {"step": 2, "split": "eval", "loss": 0.4})
+        rows = job_service.list_metric_rows(session, alice.owner_id, job.id)
+        assert [(r.step, r.split) for r in rows] == [(1, "train"), (2, "train")]
+        assert all(r.created_at > 0 and r.id is not None for r in rows)
+        evals = job_service.list_metric_rows(session, alice.owner_id, job.id, split="eval")
+        assert [(r.step, r.data["loss"]) for r in evals] == [(2, 0.4)]
+
+
+def test_a_retried_create_finds_the_identical_recent_job_of_its_owner_only(
+    db: Database, settings: Settings, alice: Any, bob: Any, orca_file_id: str, tiny_model_dir: Path
+) -> None:
+    job = _create(db, settings, alice.owner_id, orca_file_id, tiny_model_dir, params={"dpo_beta": 0.3})
+
+    def retried(owner: str, beta: float, within: float = job_service.RETRY_WINDOW_SECONDS) -> Job | None:
+        return job_service.find_retried_job(
+            session,
+            owner,
+            model=str(tiny_model_dir),
+            training_file=orca_file_id,
+            validation_file=None,
+            params={"dpo_beta": beta},
+            within_seconds=within,
+        )
+
+    with db.session() as session:
+        found = retried(alice.owner_id, 0.3)
+        assert found is not None and found.id == job.id
+        # Another knob, another owner, or a create older than the window is not a retry of it.
+        assert retried(alice.owner_id, 0.4) is None
+        assert retried(bob.owner_id, 0.3) is None
+        stale = retried(alice.owner_id, 0.3, within=-1)
+        assert stale is None
+
+
+def test_the_runner_names_the_wandb_run_after_the_job_unless_the_user_did(
+    db: Database, settings: Settings, alice: Any, orca_file_id: str, tiny_model_dir: Path
+) -> None:
+    from preftune.service.runs import claim_job
+
+    unnamed = _create(
+        db,
+        settings,
+        alice.owner_id,
+        orca_file_id,
+        tiny_model_dir,
+        params={"suffix": "orca", "wandb_api_key": "k"},
+    )
+    named = _create(db, settings, alice.owner_id, orca_file_id, tiny_model_dir, params={"wandb_name": "mine"})
+    blobs = BlobStore(settings.blobs_dir)
+    with db.session() as session:
+        first = claim_job(session, "runner-1", settings, blobs)
+        second = claim_job(session, "runner-1", settings, blobs)
+        stored = job_service.get_job(session, alice.owner_id, unnamed.id)
+        shown = job_service.public_hyperparameters(stored)
+    assert first is not None and second is not None
+    by_id = {first.job_id: first.spec, second.job_id: second.spec}
+    expected = f"ft:{tiny_model_dir.name}:orca:{unnamed.id}"
+    assert by_id[unnamed.id]["wandb_name"] == expected
+    assert by_id[named.id]["wandb_name"] == "mine"
+    # The default is the runner's: what the user sent (and sees) is unchanged.
+    assert shown["wandb_name"] is None

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from preftune.errors import ConflictError, InvalidRequestError, NotFoundError
+from preftune.service import idempotency
 from preftune.service.common import Page, check_limit, check_resource_name, new_id, now
 from preftune.service.states import TERMINAL
 from preftune.store.blobs import BlobInfo, BlobStore
@@ -71,12 +73,23 @@ def create_file(
     filename: str,
     purpose: str = "fine-tune",
     name: str | None = None,
+    idempotency_key: str | None = None,
 ) -> File:
     """Record an uploaded blob for `owner_id` and validate it; status becomes `processed` or `error`.
 
     A data problem is not an exception: the file is kept with status `error` and its report, so the
     user can read why. `name` (optional) must follow the resource-name rule and be unique per owner.
+    With an `idempotency_key`, a repeated upload of the same owner (same content, filename, purpose
+    and name) returns the file created first, as job creation does; the same key with another upload
+    is a `ConflictError`. Deleting the file frees its key.
     """
+    filename = Path(filename).name or "upload.jsonl"
+    idempotency.check_key(idempotency_key)
+    fingerprint = upload_fingerprint(blob, filename=filename, purpose=purpose, name=name)
+    if idempotency_key is not None:
+        existing = idempotency.find_replay(session, File, owner_id, idempotency_key, fingerprint, what="file")
+        if existing is not None:
+            return existing
     if purpose not in PURPOSES:
         raise InvalidRequestError(
             f"purpose must be one of {', '.join(PURPOSES)} (got {purpose!r})", param="purpose"
@@ -84,12 +97,12 @@ def create_file(
     if name is not None:
         check_resource_name(name)
         _check_name_free(session, owner_id, name)
-    report = validate_blob(blob.path, Path(filename).name or None)
+    report = validate_blob(blob.path, filename)
     ok = bool(report.get("ok"))
     record = File(
         id=new_id("file"),
         owner_id=owner_id,
-        filename=Path(filename).name or "upload.jsonl",
+        filename=filename,
         name=name,
         purpose=purpose,
         bytes=blob.size,
@@ -100,10 +113,30 @@ def create_file(
         n_examples=report.get("n_examples"),
         report=report,
         created_at=now(),
+        idempotency_key=idempotency_key,
+        request_hash=fingerprint,
     )
     session.add(record)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:
+        # Two uploads with the same key raced (a client retrying a slow upload); the other one won.
+        session.rollback()
+        if idempotency_key is not None:
+            existing = idempotency.find_replay(
+                session, File, owner_id, idempotency_key, fingerprint, what="file"
+            )
+            if existing is not None:
+                return existing
+        raise
     return record
+
+
+def upload_fingerprint(blob: BlobInfo, *, filename: str, purpose: str, name: str | None) -> str:
+    """What makes two uploads the same upload: the bytes (by sha256) and the form fields sent with them."""
+    return idempotency.fingerprint(
+        {"sha256": blob.sha256, "bytes": blob.size, "filename": filename, "purpose": purpose, "name": name}
+    )
 
 
 def _check_name_free(session: Session, owner_id: str, name: str) -> None:
@@ -211,6 +244,8 @@ def delete_file(session: Session, owner_id: str, file_id: str, blobs: BlobStore)
             code="file_in_use",
         )
     record.deleted_at = now()
+    # A deleted file cannot be returned to a retry, so its key may name a new upload.
+    record.idempotency_key = None
     session.commit()
     still_used = session.scalar(
         select(File.id).where(File.sha256 == record.sha256, File.deleted_at.is_(None)).limit(1)

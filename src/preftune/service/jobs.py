@@ -6,8 +6,6 @@ The runner's side of a job (claim, heartbeat, progress, outcome) is in `preftune
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +21,7 @@ from preftune.errors import (
     InvalidRequestError,
     NotFoundError,
 )
+from preftune.service import idempotency
 from preftune.service.common import Page, check_limit, new_id, now
 from preftune.service.events import EventType, add_event
 from preftune.service.files import get_file
@@ -37,6 +36,8 @@ CHECKPOINT_REF_RE = re.compile(r"^(ftjob-[A-Za-z0-9]+)(?::([0-9]+))?$")
 PREFERENCE_FORMATS = frozenset({"preference"})
 SFT_FORMATS = frozenset({"sft_messages", "sft_prompt_completion", "sft_text"})
 Artifact = Literal["adapter", "model", "merged", "checkpoint"]
+# The `openai` client retries within its backoff plus its timeout (10 minutes by default).
+RETRY_WINDOW_SECONDS = 15 * 60
 
 
 def job_dir(settings: Settings, job_id: str) -> Path:
@@ -54,14 +55,49 @@ def public_hyperparameters(job: Job) -> dict[str, Any]:
     return spec_of(job).public_dict()
 
 
-def _request_hash(model: str, training_file: str, validation_file: str | None, spec: TrainingSpec) -> str:
-    body = {
-        "model": model,
-        "training_file": training_file,
-        "validation_file": validation_file,
-        "spec": spec.model_dump(mode="json", exclude={"wandb_api_key"}),
-    }
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+def request_fingerprint(
+    model: str, training_file: str, validation_file: str | None, spec: TrainingSpec
+) -> str:
+    """sha256 of a create request as resolved (defaults filled in), without the W&B key: two requests
+    with equal fingerprints would queue identical jobs."""
+    return idempotency.fingerprint(
+        {
+            "model": model,
+            "training_file": training_file,
+            "validation_file": validation_file,
+            "spec": spec.model_dump(mode="json", exclude={"wandb_api_key"}),
+        }
+    )
+
+
+def find_retried_job(
+    session: Session,
+    owner_id: str,
+    *,
+    model: str,
+    training_file: str,
+    validation_file: str | None,
+    params: dict[str, Any],
+    within_seconds: float = RETRY_WINDOW_SECONDS,
+) -> Job | None:
+    """The owner's newest job created in the last `within_seconds` from an identical request, if any.
+
+    For clients that retry a create without an `Idempotency-Key` but say that it is a retry (the
+    `openai` client's `x-stainless-retry-count`): such a retry is the same request arriving twice.
+    Raises `TrainingSpecError` for invalid params, as `create_job` would.
+    """
+    spec = TrainingSpec.from_params(dict(params))
+    fingerprint = request_fingerprint(model, training_file, validation_file, spec)
+    return session.scalar(
+        select(Job)
+        .where(
+            Job.owner_id == owner_id,
+            Job.request_hash == fingerprint,
+            Job.created_at >= now() - within_seconds,
+        )
+        .order_by(Job.created_at.desc())
+        .limit(1)
+    )
 
 
 def _check_data_file(record: File, spec: TrainingSpec, param: str) -> None:
@@ -145,11 +181,10 @@ def create_job(
     key with a different request is a `ConflictError`.
     """
     spec = TrainingSpec.from_params(dict(params or {}))
-    if idempotency_key is not None and len(idempotency_key) > 255:
-        raise InvalidRequestError("Idempotency-Key must be at most 255 characters", param="Idempotency-Key")
-    fingerprint = _request_hash(model, training_file, validation_file, spec)
+    idempotency.check_key(idempotency_key)
+    fingerprint = request_fingerprint(model, training_file, validation_file, spec)
     if idempotency_key is not None:
-        existing = _by_idempotency_key(session, owner_id, idempotency_key, fingerprint)
+        existing = idempotency.find_replay(session, Job, owner_id, idempotency_key, fingerprint, what="job")
         if existing is not None:
             return existing
 
@@ -208,7 +243,9 @@ def create_job(
         # Two requests with the same idempotency key raced; the other one won.
         session.rollback()
         if idempotency_key is not None:
-            existing = _by_idempotency_key(session, owner_id, idempotency_key, fingerprint)
+            existing = idempotency.find_replay(
+                session, Job, owner_id, idempotency_key, fingerprint, what="job"
+            )
             if existing is not None:
                 return existing
         raise
@@ -217,18 +254,6 @@ def create_job(
 
 def _secret(spec: TrainingSpec) -> str | None:
     return spec.wandb_api_key.get_secret_value() if spec.wandb_api_key is not None else None
-
-
-def _by_idempotency_key(session: Session, owner_id: str, key: str, fingerprint: str) -> Job | None:
-    job = session.scalar(select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == key))
-    if job is not None and job.request_hash != fingerprint:
-        raise ConflictError(
-            f"Idempotency-Key {key!r} was already used for a different request (job {job.id}); "
-            "use a new key for a new job",
-            param="Idempotency-Key",
-            code="idempotency_key_reused",
-        )
-    return job
 
 
 def get_job(session: Session, owner_id: str, job_id: str) -> Job:
@@ -378,6 +403,18 @@ def list_metrics(
         query = query.where(JobMetric.step > after_step)
     rows = session.scalars(query.order_by(JobMetric.split.desc(), JobMetric.step))
     return [dict(row.data) for row in rows]
+
+
+def list_metric_rows(
+    session: Session, owner_id: str, job_id: str, *, split: Literal["train", "eval"] = "train"
+) -> list[JobMetric]:
+    """A job's metric rows of one split in step order, with their ids and timestamps (which OpenAI's
+    event list needs to interleave `metrics` events with milestones by time)."""
+    get_job(session, owner_id, job_id)
+    query = (
+        select(JobMetric).where(JobMetric.job_id == job_id, JobMetric.split == split).order_by(JobMetric.step)
+    )
+    return list(session.scalars(query))
 
 
 def _checkpoints(session: Session, job_id: str) -> list[Checkpoint]:

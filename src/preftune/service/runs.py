@@ -190,7 +190,7 @@ def _start_attempt(session: Session, token: str, settings: Settings, blobs: Blob
         attempt=job.attempts,
         restarted=restarted,
         model=job.model,
-        spec=dict(job.spec) | {"wandb_api_key": decrypt_secret(settings, job.spec.get("wandb_api_key"))},
+        spec=_runner_spec(settings, job),
         training_file=file_blob_path(session, job.training_file_id, blobs),
         validation_file=file_blob_path(session, job.validation_file_id, blobs)
         if job.validation_file_id
@@ -199,6 +199,19 @@ def _start_attempt(session: Session, token: str, settings: Settings, blobs: Blob
         from_checkpoint_path=job.from_checkpoint_path,
         resume_step=resume_step,
     )
+
+
+def _runner_spec(settings: Settings, job: Job) -> dict[str, Any]:
+    """The spec the trainer runs with: the W&B key in clear, and a W&B run name by default.
+
+    Without a `wandb_name` the run is named after the model the job will produce
+    (`ft:<base>:<suffix>:<job id>`), so a W&B run is found from the job id or the suffix; the trainer
+    would otherwise leave the name to W&B's random one. The stored spec keeps what the user sent.
+    """
+    spec = dict(job.spec)
+    spec["wandb_api_key"] = decrypt_secret(settings, job.spec.get("wandb_api_key"))
+    spec["wandb_name"] = job.spec.get("wandb_name") or model_name_for(job)
+    return spec
 
 
 def _sync_checkpoints(session: Session, job: Job, directory: Path) -> int | None:

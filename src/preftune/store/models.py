@@ -56,7 +56,10 @@ class File(Base):
     """An uploaded data file: its blob, its validation outcome and the full report."""
 
     __tablename__ = "files"
-    __table_args__ = (Index("ix_files_owner_created", "owner_id", "created_at"),)
+    __table_args__ = (
+        UniqueConstraint("owner_id", "idempotency_key", name="uq_files_owner_idempotency"),
+        Index("ix_files_owner_created", "owner_id", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id"))
@@ -73,6 +76,10 @@ class File(Base):
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     deleted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # As for jobs: a retried upload with the same key returns this file (released when it is deleted).
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # sha256 of the upload request (content, filename, purpose, name): a reused key with other content is refused.
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Job(Base):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
@@ -39,7 +39,7 @@ def _too_large(limit: int) -> PayloadTooLargeError:
     "/files",
     response_model=schemas.FileObject,
     responses={
-        409: {"description": "The dataset name is taken"},
+        409: {"description": "The dataset name is taken, or the Idempotency-Key was used for another upload"},
         413: {"description": "Over the upload limit"},
     },
     summary="Upload and validate a data file",
@@ -50,6 +50,13 @@ async def upload_file(
     purpose: Literal["fine-tune"] = Form("fine-tune", description="Only fine-tune is supported."),
     name: str | None = Form(
         None, pattern=schemas.RESOURCE_NAME_PATTERN, description="Optional dataset name, e.g. orca-pairs-v2."
+    ),
+    idempotency_key: str | None = Header(
+        None,
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Repeat an upload safely: the same key (per owner) with the same file returns the first "
+        "file object instead of a new one; with a different file it is a 409.",
     ),
     caller: Caller = Depends(get_owner),
     settings: Settings = Depends(get_settings),
@@ -78,6 +85,7 @@ async def upload_file(
                 filename=file.filename or "upload.jsonl",
                 purpose=purpose,
                 name=name,
+                idempotency_key=idempotency_key,
             )
             return presenters.file_object(row)
 

@@ -2,7 +2,9 @@
 
 Same jobs as `/v1/fine-tunes`, shown in OpenAI's shapes and states. Creation maps
 `method.<type>.hyperparameters` onto `TrainingSpec` (see `preftune.api.openai_schemas`) and
-is idempotent under the client's retries (see `preftune.api.retry_dedupe`).
+is idempotent under the client's retries, which carry no idempotency key but mark themselves
+with `x-stainless-retry-count` (see `preftune.service.jobs.find_retried_job`). A first attempt
+always creates, so two deliberate identical jobs are still possible.
 """
 
 from __future__ import annotations
@@ -13,9 +15,7 @@ from sqlalchemy.orm import Session
 from preftune.api import presenters
 from preftune.api.deps import get_db, get_owner, get_settings
 from preftune.api.openai_schemas import OpenAICheckpoint, OpenAIFineTuningJob, OpenAIJobCreate, OpenAIJobEvent
-from preftune.api.retry_dedupe import find_retried_job, retry_count
 from preftune.api.schemas import ListResponse
-from preftune.api.store_reads import training_metric_rows
 from preftune.config import Settings
 from preftune.errors import NotFoundError
 from preftune.service import jobs as job_service
@@ -25,6 +25,10 @@ router = APIRouter(tags=["openai-compatible"])
 
 # Events and metric points are read in pages of this size to merge them.
 _READ_PAGE = 1000
+
+
+def _retry_count(header: str | None) -> int:
+    return int(header) if header and header.isdigit() else 0
 
 
 @router.post(
@@ -44,8 +48,8 @@ def create_job(
     """`method.dpo.hyperparameters` takes beta, n_epochs, batch_size, learning_rate_multiplier and any
     preftune knob (rpo_alpha, simpo_gamma, lora_r, ...); `method.type: supervised` trains SFT."""
     params = body.spec_params()
-    if idempotency_key is None and retry_count(stainless_retry) > 0:
-        previous = find_retried_job(
+    if idempotency_key is None and _retry_count(stainless_retry) > 0:
+        previous = job_service.find_retried_job(
             session,
             caller.owner_id,
             model=body.model,
@@ -143,8 +147,8 @@ def _merged_events(session: Session, owner_id: str, job_id: str) -> list[OpenAIJ
         if not page.has_more or not page.data:
             break
         after = page.data[-1].id
-    # Ownership was checked by list_events above.
-    events.extend(presenters.openai_metric_event(row) for row in training_metric_rows(session, job_id))
+    metric_rows = job_service.list_metric_rows(session, owner_id, job_id, split="train")
+    events.extend(presenters.openai_metric_event(row) for row in metric_rows)
     # Newest first; at equal seconds a milestone sorts after the step that caused it.
     order = {id(e): i for i, e in enumerate(events)}
     return sorted(events, key=lambda e: (e.created_at, e.type == "message", order[id(e)]), reverse=True)
