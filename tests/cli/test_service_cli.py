@@ -35,7 +35,8 @@ def wired(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             _, key = key_service.create_key(session, owner.id, "cli")
 
         def make_client() -> Client:
-            return Client(api_key=key, base_url="http://testserver", http_client=http, max_retries=0)
+            # TestClient is an httpx client, but of the copy Starlette ships (httpx2), so mypy refuses it.
+            return Client(api_key=key, base_url="http://testserver", http_client=http, max_retries=0)  # type: ignore[arg-type]
 
         for module in ("preftune.cli.files", "preftune.cli.fine_tuning", "preftune.cli.keys"):
             monkeypatch.setattr(f"{module}.make_client", make_client)
@@ -128,6 +129,18 @@ def test_upload_with_a_progress_bar(wired: None, tmp_path: Path, monkeypatch: py
     data = write(tmp_path / "pairs.jsonl", [GOOD] * 50)
     output = run("files", "upload", str(data), "--name", "pairs")
     assert "status: processed" in output and "name: pairs" in output
+
+
+def test_upload_with_an_idempotency_key_returns_the_same_file(wired: None, tmp_path: Path) -> None:
+    data = write(tmp_path / "pairs.jsonl", [GOOD] * 3)
+    first = json.loads(run("files", "upload", str(data), "--json", "--idempotency-key", "k1"))
+    again = json.loads(run("files", "upload", str(data), "--json", "--idempotency-key", "k1"))
+    assert again["id"] == first["id"]
+    listed = json.loads(run("files", "list", "--json"))
+    assert [f["id"] for f in listed["data"]] == [first["id"]]
+    other = write(tmp_path / "pairs.jsonl", [GOOD] * 4)
+    output = run("files", "upload", str(other), "--idempotency-key", "k1", code=2)
+    assert "Idempotency-Key" in output and first["id"] in output
 
 
 def test_content_to_a_file_and_to_stdout(wired: None, tmp_path: Path) -> None:

@@ -124,5 +124,21 @@ def test_upload_reports_progress_and_survives_a_retry(sdk: Any, tmp_path: Path) 
     size = path.stat().st_size
     assert seen[-1] == (size, size) and all(total == size for _, total in seen)
     assert uploaded.bytes == size and client.files.content(uploaded.id) == path.read_bytes()
-    # The retried request sent the whole file again, from its start.
+    # The retried request sent the whole file again, from its start, under the same Idempotency-Key:
+    # the server had recorded the first attempt, so the retry got that file rather than a second one.
     assert calls["n"] == 2
+    uploads = [r for r in client.transport_log if r.url.path == "/v1/files" and r.method == "POST"]
+    assert uploads[0].headers["Idempotency-Key"] == uploads[1].headers["Idempotency-Key"]
+    assert [f.id for f in client.files.list()] == [uploaded.id]
+
+
+def test_an_upload_key_is_kept_across_processes_and_refuses_other_content(sdk: Any, tmp_path: Path) -> None:
+    client = sdk.client()
+    first = client.files.upload(_data(tmp_path), idempotency_key="nightly-2026-11-23")
+    # A second process (a re-run script) repeating the upload with its key gets the same file.
+    again = sdk.client().files.upload(_data(tmp_path), idempotency_key="nightly-2026-11-23")
+    assert again.id == first.id
+    with pytest.raises(errors.ConflictError) as info:
+        client.files.upload(_data(tmp_path, rows=5), idempotency_key="nightly-2026-11-23")
+    assert info.value.status_code == 409 and info.value.param == "Idempotency-Key"
+    assert first.id in info.value.message

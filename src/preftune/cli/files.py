@@ -76,12 +76,18 @@ def upload(
     path: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="JSONL data file."),
     name: str | None = typer.Option(None, "--name", help="A dataset name (lowercase letters, digits, '-')."),
     purpose: str = typer.Option("fine-tune", "--purpose", help="Only fine-tune is supported."),
+    idempotency_key: str | None = typer.Option(
+        None,
+        "--idempotency-key",
+        help="Repeat an upload safely: the same key returns the same file. Retries within one upload "
+        "always reuse a key.",
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Upload a data file; the server validates it (status processed or error)."""
     with make_client() as client:
         if as_json or path.stat().st_size < PROGRESS_FROM_BYTES:
-            file = client.files.upload(path, purpose=purpose, name=name)
+            file = client.files.upload(path, purpose=purpose, name=name, idempotency_key=idempotency_key)
         else:
             columns = (
                 TextColumn("{task.description}"),
@@ -97,6 +103,7 @@ def upload(
                     purpose=purpose,
                     name=name,
                     on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+                    idempotency_key=idempotency_key,
                 )
     if as_json:
         print_json(file)

@@ -47,9 +47,12 @@ class Files:
         purpose: str = "fine-tune",
         name: str | None = None,
         on_progress: Callable[[int, int], None] | None = None,
+        idempotency_key: str | None = None,
     ) -> FileObject:
         """Upload a local file (streamed from disk) and return it validated: `status` is `processed` or
-        `error`, and `report_summary` says why. `on_progress(bytes_sent, bytes_total)` follows the upload."""
+        `error`, and `report_summary` says why. `on_progress(bytes_sent, bytes_total)` follows the upload.
+        Retries reuse one `Idempotency-Key`, so a retried upload never makes a second file (pass your own
+        key to make an upload safe across processes; the same key with other content is a `ConflictError`)."""
         path = Path(file).expanduser()
         if not path.is_file():
             from preftune.errors import InvalidRequestError
@@ -59,10 +62,15 @@ class Files:
         if name is not None:
             data["name"] = name
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         with path.open("rb") as raw:
             handle: BinaryIO = _ProgressReader(raw, on_progress) if on_progress else raw  # type: ignore[assignment]
             body = self._t.request(
-                "POST", "/files", files={"file": (path.name, handle, content_type)}, data=data
+                "POST",
+                "/files",
+                files={"file": (path.name, handle, content_type)},
+                data=data,
+                headers=headers,
             )
         return FileObject.model_validate(body)
 
