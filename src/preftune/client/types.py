@@ -1,7 +1,9 @@
 """Typed results of the SDK: the server's JSON objects as pydantic models.
 
 Unknown fields are kept (`extra="allow"`), so an older SDK keeps working against a
-newer server; the fields listed here are the documented ones (docs/api.md).
+newer server; the fields listed here are the documented ones (docs/api.md). They mirror
+`preftune.api.schemas` by hand (the SDK must not import the server), so
+tests/client/test_types_match_server.py compares them with the server's `/openapi.json`.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class FileObject(_Object):
     status: Literal["uploaded", "processed", "error"]
     status_details: str | None = None
     name: str | None = None
-    sha256: str | None = None
+    sha256: str
     format: str | None = None
     n_examples: int | None = None
     report_summary: dict[str, Any] | None = None
