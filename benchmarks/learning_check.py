@@ -77,11 +77,10 @@ def evaluate(model_dir: Path, adapter: Path | None, data: Path, params: dict[str
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     examples = tokenize_file(data, spec, tokenizer, param="validation_file").examples
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collected: dict[str, list[torch.Tensor]] = {}
     with torch.no_grad():
         for start in range(0, len(examples), 8):
-            batch = pack(examples[start : start + 8], int(pad))
+            batch = pack(examples[start : start + 8])
             sums, counts = sequence_logps(model, batch)
             policy = SequenceLogps(sums[0::2], sums[1::2], counts[0::2], counts[1::2])
             reference = None

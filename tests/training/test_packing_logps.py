@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from preftune.training.logps import sequence_logps
+from preftune.training.logps import sequence_logps, token_logps
 from preftune.training.packing import pack
 from preftune.training.tokenize import PairTokens, SFTTokens
 
@@ -39,18 +39,24 @@ def random_pairs(n: int, seed: int) -> list[PairTokens]:
     pairs = [
         PairTokens(index=i + 1, prompt=ids(1, 12), chosen=ids(1, 9), rejected=ids(1, 9)) for i in range(n)
     ]
-    # One long pair leaves room in its row's width for the short ones to be packed together.
-    pairs[0].prompt = ids(30, 31)
+    pairs[0].prompt = ids(30, 31)  # one long prompt: blocks of very different sizes
     return pairs
 
 
-@pytest.mark.parametrize("pack_rows", [True, False])
-def test_prefix_shared_logps_match_plain(tiny: tuple[torch.nn.Module, object], pack_rows: bool) -> None:
+def test_pairs_are_laid_end_to_end_without_padding() -> None:
+    pairs = random_pairs(5, seed=7)
+    batch = pack(pairs)
+    assert batch.input_ids.shape == (1, sum(p.length for p in pairs)) == (1, batch.n_tokens)
+    assert [length for length, _ in batch.blocks] == [
+        n for p in pairs for n in (len(p.prompt) + len(p.chosen), len(p.rejected))
+    ]
+    assert [prefix for _, prefix in batch.blocks] == [n for p in pairs for n in (0, len(p.prompt))]
+
+
+def test_prefix_shared_logps_match_plain(tiny: tuple[torch.nn.Module, object]) -> None:
     model, _ = tiny
     pairs = random_pairs(7, seed=1)
-    batch = pack(pairs, pad_id=2, pack_rows=pack_rows)
-    if pack_rows:
-        assert batch.input_ids.shape[0] < len(pairs), "short segments should share rows"
+    batch = pack(pairs)
     with torch.no_grad():
         sums, counts = sequence_logps(model, batch, chunk_tokens=5)  # tiny chunks: many chunk borders
     for i, pair in enumerate(pairs):
@@ -63,7 +69,7 @@ def test_prefix_shared_logps_match_plain(tiny: tuple[torch.nn.Module, object], p
 
 def test_chunked_gradients_match_unchunked(tiny: tuple[torch.nn.Module, object]) -> None:
     model, _ = tiny
-    batch = pack(random_pairs(4, seed=2), pad_id=2)
+    batch = pack(random_pairs(4, seed=2))
     grads = []
     for chunk in (3, 100_000):
         model.zero_grad()
@@ -81,7 +87,7 @@ def test_sft_targets_only_labelled_tokens(tiny: tuple[torch.nn.Module, object]) 
     example = SFTTokens(index=1, ids=ids, labels=labels)
     with torch.no_grad():
         sums, counts = sequence_logps(
-            model, pack([example, SFTTokens(2, ids[:5], [False, True] * 2 + [True])], pad_id=2)
+            model, pack([example, SFTTokens(2, ids[:5], [False, True] * 2 + [True])])
         )
     assert counts.tolist() == [8.0, 3.0]
     assert sums[0].item() == pytest.approx(plain_logp(model, ids[:12], ids[12:]), abs=1e-4)
@@ -89,7 +95,7 @@ def test_sft_targets_only_labelled_tokens(tiny: tuple[torch.nn.Module, object]) 
 
 def test_bf16_autocast_logps_close_to_fp32(tiny: tuple[torch.nn.Module, object]) -> None:
     model, _ = tiny
-    batch = pack(random_pairs(3, seed=3), pad_id=2)
+    batch = pack(random_pairs(3, seed=3))
     with torch.no_grad():
         fp32, _ = sequence_logps(model, batch)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -99,7 +105,7 @@ def test_bf16_autocast_logps_close_to_fp32(tiny: tuple[torch.nn.Module, object])
 
 
 def test_activation_checkpointing_gives_the_same_logps_and_gradients(tiny_model_dir: Path) -> None:
-    batch = pack(random_pairs(3, seed=4), pad_id=2)
+    batch = pack(random_pairs(3, seed=4))
     results = []
     for checkpointing in (False, True):
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
@@ -111,3 +117,45 @@ def test_activation_checkpointing_gives_the_same_logps_and_gradients(tiny_model_
         results.append((sums.detach(), model.model.layers[0].mlp.up_proj.weight.grad.clone()))
     torch.testing.assert_close(results[0][0], results[1][0])
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-5)
+
+
+def plain_pair_loss(model: torch.nn.Module, pairs: list[PairTokens]) -> torch.Tensor:
+    """Sum over pairs of logp(chosen) - 0.5 logp(rejected), each sequence in its own forward."""
+    total = torch.zeros(())
+    for pair in pairs:
+        for answer, weight in ((pair.chosen, 1.0), (pair.rejected, -0.5)):
+            ids = torch.tensor([pair.prompt + answer])
+            logits = model(input_ids=ids).logits.float()
+            logp = torch.log_softmax(logits[0, :-1], dim=-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+            total = total + weight * logp[len(pair.prompt) - 1 :].sum()
+    return total
+
+
+@pytest.mark.parametrize("frozen_head", [True, False])
+def test_packed_gradients_match_plain(tiny_model_dir: Path, frozen_head: bool) -> None:
+    """Block attention and the frozen-head shortcut give the plain computation's gradients."""
+    pairs = random_pairs(4, seed=5)
+    grads = []
+    for packed in (True, False):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+        model.get_output_embeddings().weight.requires_grad_(not frozen_head)
+        model.get_input_embeddings().weight.requires_grad_(not frozen_head)
+        if packed:
+            sums, _ = sequence_logps(model, pack(pairs), chunk_tokens=4)
+            (sums[0::2] - 0.5 * sums[1::2]).sum().backward()
+        else:
+            plain_pair_loss(model, pairs).backward()
+        layer = model.model.layers[0]
+        grads.append([layer.self_attn.q_proj.weight.grad.clone(), layer.mlp.down_proj.weight.grad.clone()])
+        if not frozen_head:
+            grads[-1].append(model.get_output_embeddings().weight.grad.clone())
+    for packed_grad, plain_grad in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(packed_grad, plain_grad, atol=1e-5, rtol=1e-4)
+
+
+def test_frozen_head_shortcut_is_used_for_a_frozen_head(tiny_model_dir: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    model.get_output_embeddings().weight.requires_grad_(False)
+    hidden = torch.randn(6, model.config.hidden_size, requires_grad=True)
+    out = token_logps(hidden, model.get_output_embeddings(), torch.arange(6))
+    assert out.grad_fn is not None and "FrozenHeadLogps" in type(out.grad_fn).__name__

@@ -39,7 +39,7 @@ def test_real_model_prefix_sharing_and_one_step(
     ]
     assert all(isinstance(p, PairTokens) for p in pairs)
     with torch.no_grad():
-        sums, _ = sequence_logps(model, pack(pairs, tok.pad_token_id))  # type: ignore[arg-type]
+        sums, _ = sequence_logps(model, pack(pairs))  # type: ignore[arg-type]
         for i, pair in enumerate(pairs):
             assert isinstance(pair, PairTokens)
             for k, answer in enumerate((pair.chosen, pair.rejected)):

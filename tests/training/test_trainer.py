@@ -145,9 +145,21 @@ def test_should_stop_ends_the_run_promptly(tiny_model_dir: Path, pairs_file: Pat
 def test_gradient_accumulation_matches_one_big_batch(
     tiny_model_dir: Path, pairs_file: Path, tmp_path: Path
 ) -> None:
+    """8 x 1 equals 4 x 2, and equals 8 x 1 cut into several forward passes by tokens_per_forward."""
+    from safetensors.torch import load_file
+
     runs = {}
-    for name, batch, accumulation in (("8x1", 8, 1), ("4x2", 4, 2)):
-        spec = small(batch_size=batch, gradient_accumulation_steps=accumulation, max_steps=2)
+    for name, batch, accumulation, per_forward in (
+        ("8x1", 8, 1, "auto"),
+        ("4x2", 4, 2, "auto"),
+        ("8x1-passes", 8, 1, 100),
+    ):
+        spec = small(
+            batch_size=batch,
+            gradient_accumulation_steps=accumulation,
+            max_steps=2,
+            tokens_per_forward=per_forward,
+        )
         result = train(
             spec,
             model=str(tiny_model_dir),
@@ -155,19 +167,18 @@ def test_gradient_accumulation_matches_one_big_batch(
             output_dir=tmp_path / name,
             models_dir=tmp_path,
         )
+        assert result.report["tokens_per_forward"] == (100 if per_forward == 100 else 2048)
         runs[name] = (read_metrics(tmp_path / name), result.adapter_path)
-    (a, a_dir), (b, b_dir) = runs["8x1"], runs["4x2"]
-    for x, y in zip(a, b, strict=True):
-        for key in ("loss", "rewards/margins", "logps/chosen", "grad_norm"):
-            assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-5), key
-    from safetensors.torch import load_file
-
-    wa, wb = (
-        load_file(str(a_dir / "adapter_model.safetensors")),
-        load_file(str(b_dir / "adapter_model.safetensors")),
-    )
-    for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], atol=1e-5, rtol=1e-4)
+    a, a_dir = runs["8x1"]
+    for other in ("4x2", "8x1-passes"):
+        b, b_dir = runs[other]
+        for x, y in zip(a, b, strict=True):
+            for key in ("loss", "rewards/margins", "logps/chosen", "grad_norm"):
+                assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-5), (other, key)
+        wa = load_file(str(a_dir / "adapter_model.safetensors"))
+        wb = load_file(str(b_dir / "adapter_model.safetensors"))
+        for key in wa:
+            torch.testing.assert_close(wa[key], wb[key], atol=1e-5, rtol=1e-4)
 
 
 def test_full_finetune_caches_reference_logps(tiny_model_dir: Path, pairs_file: Path, tmp_path: Path) -> None:

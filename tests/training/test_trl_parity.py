@@ -81,7 +81,7 @@ class Fixture:
             if len(self.pairs) == N_PAIRS:
                 break
         assert len(self.pairs) == N_PAIRS
-        batch = pack(self.pairs, pad_id=self.tokenizer.pad_token_id)
+        batch = pack(self.pairs)
         with torch.no_grad():
             self.policy_logps = self._logps(self.policy, batch)
             self.reference_logps = self._logps(self.reference, batch)

@@ -1,6 +1,6 @@
 """Load the policy: base model, optional starting point (`from_checkpoint`), LoRA or full weights.
 
-Also decides the device, the autocast precision and activation checkpointing, and provides
+Also decides the device and the autocast precision (memory: `training.memory`), and provides
 `reference_mode()`, which makes the same model in memory act as the DPO reference:
 - LoRA from a fresh adapter: the adapters are disabled (the base model is the reference);
 - LoRA continuing an earlier adapter (SFT then DPO): a frozen copy of that adapter, loaded
@@ -97,20 +97,6 @@ def select_autocast(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_has_fast_bf16() else None
 
 
-def select_gradient_checkpointing(setting: bool | str, model: nn.Module, device: torch.device) -> bool:
-    """`auto`: only on a GPU whose memory the weights already fill a good part of.
-
-    Recomputing activations costs about a third more compute; on CPU, RAM is rarely the limit.
-    """
-    if isinstance(setting, bool):
-        return setting
-    if device.type != "cuda":
-        return False
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    total = torch.cuda.get_device_properties(device).total_memory
-    return weights * 4 > total  # weights + grads + two Adam moments already fill the card
-
-
 def set_threads() -> None:
     """At most one thread per core this process may run on.
 
@@ -180,11 +166,6 @@ def load_policy(spec: TrainingSpec, base_path: Path, device: torch.device) -> Po
         # Keep the trainable adapter active (loading the reference copy may not change that, but be explicit).
         model.set_adapter("default")
     model.to(device)
-    checkpointing = select_gradient_checkpointing(spec.gradient_checkpointing, model, device)
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if lora:
-            model.enable_input_require_grads()
     return Policy(
         model=model,
         tokenizer=tokenizer,
@@ -192,8 +173,17 @@ def load_policy(spec: TrainingSpec, base_path: Path, device: torch.device) -> Po
         reference_adapter=reference_adapter,
         device=device,
         autocast_dtype=select_autocast(spec.precision, device),
-        gradient_checkpointing=checkpointing,
+        gradient_checkpointing=False,
     )
+
+
+def enable_gradient_checkpointing(policy: Policy) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them."""
+    model: Any = policy.model
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if policy.lora:
+        model.enable_input_require_grads()
+    policy.gradient_checkpointing = True
 
 
 @contextlib.contextmanager

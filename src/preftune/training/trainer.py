@@ -26,7 +26,15 @@ from preftune.training.checkpoint import list_checkpoints, load_checkpoint, save
 from preftune.training.dataset import TokenizedData, check_file, tokenize_file
 from preftune.training.logps import sequence_logps
 from preftune.training.losses import LossOutput, SequenceLogps, preference_loss, sft_loss
-from preftune.training.modeling import Policy, load_policy, reference_mode, select_device, set_threads
+from preftune.training.memory import MemoryPlan, plan_memory, split_by_tokens
+from preftune.training.modeling import (
+    Policy,
+    enable_gradient_checkpointing,
+    load_policy,
+    reference_mode,
+    select_device,
+    set_threads,
+)
 from preftune.training.models import resolve_model
 from preftune.training.outputs import (
     METRICS_FILE,
@@ -182,11 +190,19 @@ class _Run:
                 param="validation_file",
                 data_format=eval_format,
             )
-        pad = self.policy.tokenizer.pad_token_id
-        self.pad_id = int(pad if pad is not None else (self.policy.tokenizer.eos_token_id or 0))
 
     def _plan(self) -> None:
         spec = self.spec
+        examples = [*self.train_data.examples, *(self.eval_data.examples if self.eval_data else [])]
+        self.memory: MemoryPlan = plan_memory(
+            self.policy.model.config,
+            self.policy.device,
+            longest_example=max((e.length for e in examples), default=1),
+            tokens_per_forward=spec.tokens_per_forward,
+            gradient_checkpointing=spec.gradient_checkpointing,
+        )
+        if self.memory.gradient_checkpointing:
+            enable_gradient_checkpointing(self.policy)
         self.effective_batch = spec.batch_size * spec.gradient_accumulation_steps
         self.steps_per_epoch = steps_per_epoch(len(self.train_data.examples), self.effective_batch)
         total = self.steps_per_epoch * spec.n_epochs
@@ -209,7 +225,7 @@ class _Run:
 
     # --- log-probs and losses ------------------------------------------------------------------
     def _batch(self, data: TokenizedData, ids: list[int]) -> PackedBatch:
-        return pack([data.examples[i] for i in ids], self.pad_id).to(self.policy.device)
+        return pack([data.examples[i] for i in ids]).to(self.policy.device)
 
     def _reference_logps(self, batch: PackedBatch, split: str, ids: list[int]) -> torch.Tensor | None:
         """Reference log-prob sums [2B] (chosen, rejected interleaved), or None when not needed."""
@@ -388,6 +404,8 @@ class _Run:
                 "truncated": cuts,
                 "device": str(policy.device),
                 "precision": precision,
+                "tokens_per_forward": self.memory.tokens_per_forward,
+                "gradient_checkpointing": policy.gradient_checkpointing,
             },
         )
 
@@ -404,7 +422,13 @@ class _Run:
             if epoch not in order:
                 order = {epoch: epoch_steps(lengths, self.effective_batch, spec.seed, epoch)}
             step_ids = order[epoch][index]
-            micro = micro_batches(step_ids, spec.batch_size)
+            # Micro-batches of batch_size examples (gradient accumulation), each cut into passes that
+            # fit the memory plan; `_weights` makes their gradients add up to the step's.
+            micro = [
+                run
+                for group in micro_batches(step_ids, spec.batch_size)
+                for run in split_by_tokens(group, lengths, self.memory.tokens_per_forward)
+            ]
             weights = self._weights(self.train_data, micro)
             step_started = time.perf_counter()
             collected: dict[str, list[torch.Tensor]] = {}
@@ -549,6 +573,7 @@ class _Run:
             "device": str(self.policy.device),
             "precision": precision,
             "gradient_checkpointing": self.policy.gradient_checkpointing,
+            "tokens_per_forward": self.memory.tokens_per_forward,
             "resumed_from": str(resumed_from) if resumed_from else None,
             "outputs": {
                 "adapter": str(result.adapter_path) if result.adapter_path else None,

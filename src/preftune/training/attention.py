@@ -1,0 +1,106 @@
+"""Attention over packed blocks: each block attends causally to itself and to a prefix of the block before it.
+
+This is how a prefix-shared preference pair is computed in one pass without a `[T, T]` mask: the row
+`[prompt][chosen][rejected]` is two blocks, `prompt+chosen` (plain causal) and `rejected`, whose keys
+are the prompt (the first `len(prompt)` tokens of the block before) followed by itself. Examples are
+laid end to end in one row, so no token is padding and no attention is computed between examples:
+the cost is the sum of the blocks' own causal attention, not the square of the row.
+
+Registered with transformers as the attention implementation `preftune_blocks`; the layout reaches it
+as the `blocks` keyword of the decoder's forward, which transformers passes down to every attention
+call. Without `blocks` it is plain causal attention over an unpadded batch.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+IMPLEMENTATION = "preftune_blocks"
+
+# (block length, prefix length): the block's queries see the first `prefix` tokens of the block
+# before it, then themselves causally.
+Block = tuple[int, int]
+
+
+@functools.lru_cache(maxsize=1024)
+def _block_mask(
+    length: int, prefix: int, window: int | None, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """Additive mask [length, prefix + length]: query a sees key b (prefix first) when b <= a + prefix.
+
+    Cached: every layer of a forward asks for the same blocks' masks, and batches repeat lengths.
+    """
+    q = torch.arange(length, device=device).unsqueeze(1) + prefix
+    k = torch.arange(prefix + length, device=device).unsqueeze(0)
+    visible = k <= q
+    if window is not None:
+        visible &= q - k < window
+    return torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(~visible, float("-inf"))
+
+
+def block_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    blocks: Sequence[Block] | None = None,
+    sliding_window: int | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention interface: query [B, H, T, D], key/value [B, Hkv, T, D] -> [B, T, H, D].
+
+    `attention_mask` is always None here (no mask function is registered for this implementation).
+    """
+    if kwargs.get("softcap") is not None:
+        raise NotImplementedError("preftune's packed attention does not support attention logit soft-capping")
+    if blocks is None:  # unpadded rows, each one causal sequence
+        blocks = [(query.shape[2], 0)]
+    # Grouped-query attention: SDPA maps each key/value head to its query heads itself, without the
+    # copies `repeat_kv` would make (and autograd would keep).
+    gqa = query.shape[1] != key.shape[1]
+    sizes = [length for length, _ in blocks]
+    # One split per tensor: its backward is a single concatenation, where slicing the full row per
+    # block would make autograd build a full-size zero gradient for every block.
+    qs, ks, vs = query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2)
+    p = dropout if module.training else 0.0
+    outputs = []
+    for i, (length, prefix) in enumerate(blocks):
+        q, k, v = qs[i], ks[i], vs[i]
+        if prefix:
+            k = torch.cat([ks[i - 1][:, :, :prefix], k], dim=2)
+            v = torch.cat([vs[i - 1][:, :, :prefix], v], dim=2)
+        if prefix or (sliding_window is not None and length > sliding_window):
+            mask = _block_mask(length, prefix, sliding_window, q.device, q.dtype)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=p, scale=scaling, enable_gqa=gqa
+            )
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, is_causal=length > 1, dropout_p=p, scale=scaling, enable_gqa=gqa
+            )
+        outputs.append(out)
+    attn = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
+    return attn.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(IMPLEMENTATION, block_attention)
+
+
+def use_block_attention(model: Any) -> None:
+    """Switch `model` (PEFT-wrapped or not) to block attention; a no-op when it already uses it.
+
+    The implementation has no mask function registered, so transformers builds no attention mask for
+    it: every forward must pass unpadded rows (and `blocks` for packed ones).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "_attn_implementation", None) != IMPLEMENTATION:
+        base.set_attn_implementation(IMPLEMENTATION)
