@@ -43,6 +43,10 @@ class AdapterCache:
         self._names.move_to_end(path)
         return self._names[path]
 
+    def peek(self, path: Path | None) -> str | None:
+        """The adapter name of `path` if it is loaded (BASE for None), without marking it used."""
+        return BASE if path is None else self._names.get(path)
+
     def can_load(self, path: Path | None, in_use: set[str]) -> bool:
         """True if `path` is loaded, or room can be made without evicting an adapter in use."""
         if path is None or path in self._names or len(self._names) < self.capacity:

@@ -1,13 +1,21 @@
-"""Continuous batching for one base model: admit, prefill (in chunks), decode, retire.
+"""Continuous batching for one base model: admit, prefill (in groups and chunks), decode, retire.
 
 `ModelWorker.step()` is one scheduler iteration for one base model:
 1. drop requests whose client went away;
 2. if no prefill is under way and there is room, take waiting requests (loading their LoRA
-   adapters) into a prefill group, left-padded together;
-3. run one chunk of that group's prefill, so a long prompt never stalls the others' decoding
-   for long; when the group is done it samples its first tokens and joins the running batch;
+   adapters) into a prefill group, in arrival order, while the group's padded count of tokens
+   still to prefill stays within `prefill_token_budget`. A prompt's tokens already in the prefix
+   cache (see `prefix_cache`) are not prefilled again: its cached KV is copied into the group's
+   cache and only the rest of the prompt is fed to the model;
+3. run one forward of that group's prefill (at most the budget's worth of tokens, so a long
+   prompt never stalls the others' decoding for long); when the group is done its prompts' KV
+   go into the prefix cache, it samples and streams its first tokens at once and joins the
+   running batch;
 4. run one decode step for every running sequence at once, whatever adapter each uses;
 5. retire finished sequences and trim the cache.
+So a burst of requests is prefilled a budget's worth at a time, each group streaming its first
+tokens as soon as it is done, with decode steps of the running sequences in between: nobody
+waits for the whole burst's prefill, and streaming never stalls for more than one group.
 Only the engine thread calls `step()`; requests arrive through `submit()` from any thread.
 """
 
@@ -26,7 +34,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from preftune.inference.adapters import AdapterCache
 from preftune.inference.detokenize import IncrementalText
-from preftune.inference.kv_batch import BatchKV
+from preftune.inference.kv_batch import BatchKV, cache_layers
+from preftune.inference.prefix_cache import PrefixCache
 from preftune.inference.prompts import end_of_turn_ids
 from preftune.inference.sampling import make_generator, sample_token
 from preftune.inference.types import Finished, FinishReason, SamplingParams, StreamEvent, TextDelta
@@ -37,9 +46,20 @@ log = logging.getLogger(__name__)
 @dataclass
 class WorkerConfig:
     max_batch_size: int = 32
-    prefill_chunk: int = 512  # prompt tokens per prefill forward (per row)
-    prefill_token_budget: int = 8192  # padded prompt tokens admitted into one prefill group
+    prefill_chunk: int = 512  # at most this many prompt tokens per row in one prefill forward
+    # Padded prompt tokens (rows x longest uncached part) prefilled in one group, and in one forward.
+    # A group's requests all get their first token when the group is done, so a smaller budget
+    # gives a burst's first requests their first token sooner, at the cost of more forwards (each
+    # one reads all the weights). 128 was the best time to first token under a burst of 16 chat
+    # requests on a 2-core CPU, at the same aggregate tokens/s (benchmarks/RESULTS.md).
+    prefill_token_budget: int = 128
     adapter_cache_size: int = 8
+    # Automatic prefix caching: KV of recent prompt prefixes kept per base model (0 turns it off).
+    # 256 MB holds ~5,600 tokens of SmolLM2-135M's KV (46 KB a token), ~2,000 of an 8B Llama's in bf16.
+    prefix_cache_mb: float = 256.0
+    # Tokens per cached block: a prompt reuses whole blocks only. Small, because on a CPU every
+    # prompt token prefilled again costs real compute while a block costs one dict entry.
+    prefix_block_size: int = 8
 
 
 @dataclass
@@ -62,12 +82,23 @@ class Sequence:
 
 @dataclass
 class _Prefill:
+    """A group being prefilled. Row layout: `[pad, cached prefix | pad, rest of the prompt]`:
+    the cache starts with `past` columns (each row's cached prefix, right-aligned), and `ids`
+    holds each row's uncached tokens, left-padded; `mask` covers both parts."""
+
     seqs: list[Sequence]
+    cached: list[int]  # prompt tokens of each row taken from the prefix cache
     ids: torch.Tensor
     mask: torch.Tensor
     positions: torch.Tensor
     cache: DynamicCache
+    past: int
     done_cols: int = 0
+
+
+def _row_kv(layer: Any, row: int, columns: torch.Tensor) -> torch.Tensor:
+    """One cache layer's keys and values of one row at these columns: `(2, kv_heads, columns, head_dim)`."""
+    return torch.stack([layer.keys[row].index_select(1, columns), layer.values[row].index_select(1, columns)])
 
 
 def load_model(path: Path, device: torch.device) -> tuple[Any, Any]:
@@ -95,6 +126,7 @@ class ModelWorker:
         self.eos_ids = end_of_turn_ids(self.tokenizer, getattr(gen_config, "eos_token_id", None))
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
         self.adapters = AdapterCache(self.model, config.adapter_cache_size)
+        self.prefix_cache = PrefixCache(config.prefix_block_size, int(config.prefix_cache_mb * 2**20))
         self._lock = threading.Lock()  # guards `waiting` (submit runs on other threads)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -194,18 +226,23 @@ class ModelWorker:
         room = self.config.max_batch_size - len(self.running)
         group: list[Sequence] = []
         budget = self.config.prefill_token_budget
-        longest = 0
+        longest = 0  # the longest uncached part of a prompt in the group
         with self._lock:
             pending = list(self.waiting)
         for seq in pending:
             if len(group) >= room:
                 break
-            length = max(longest, len(seq.prompt_ids))
-            if group and length * (len(group) + 1) > budget:
-                break
             in_use = self.in_use() | {s.adapter for s in group}
             if not self.adapters.can_load(seq.adapter_path, in_use):
                 continue  # its adapter waits for a slot; later requests may still fit
+            # An adapter not loaded yet gets a fresh name when it loads, so nothing is cached for it.
+            namespace = self.adapters.peek(seq.adapter_path)
+            cached = 0
+            if namespace is not None:
+                cached = self.prefix_cache.cached_length(namespace, seq.prompt_ids, len(seq.prompt_ids) - 1)
+            length = max(longest, len(seq.prompt_ids) - cached)
+            if group and length * (len(group) + 1) > budget:
+                break
             with self._lock:
                 self.waiting.remove(seq)
             try:
@@ -215,21 +252,43 @@ class ModelWorker:
                 continue
             group.append(seq)
             longest = length
-        if not group:
-            return
-        ids = torch.full((len(group), longest), self._pad_id(), dtype=torch.long)
-        mask = torch.zeros((len(group), longest), dtype=torch.long)
-        for row, seq in enumerate(group):
-            n = len(seq.prompt_ids)
-            ids[row, longest - n :] = torch.tensor(seq.prompt_ids, dtype=torch.long)
-            mask[row, longest - n :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        self._prefill = _Prefill(
+        if group:
+            self._prefill = self._build_prefill(group)
+
+    def _build_prefill(self, group: list[Sequence]) -> _Prefill:
+        """Lay out a group's prefill: cached prefixes into a fresh cache, the rest as input ids."""
+        hits: list[tuple[int, torch.Tensor | None]] = []
+        for seq in group:
+            limit = len(seq.prompt_ids) - 1  # the last prompt token must run: its logits give the first token
+            hits.append(self.prefix_cache.lookup(seq.adapter, seq.prompt_ids, limit))
+        past = max(n for n, _ in hits)
+        width = max(len(seq.prompt_ids) - n for seq, (n, _) in zip(group, hits, strict=True))
+        ids = torch.full((len(group), width), self._pad_id(), dtype=torch.long)
+        mask = torch.zeros((len(group), past + width), dtype=torch.long)
+        for row, (seq, (n, _)) in enumerate(zip(group, hits, strict=True)):
+            rest = seq.prompt_ids[n:]
+            ids[row, width - len(rest) :] = torch.tensor(rest, dtype=torch.long)
+            mask[row, past - n : past] = 1
+            mask[row, past + width - len(rest) :] = 1
+        cached = torch.tensor([n for n, _ in hits], dtype=torch.long)
+        positions = cached[:, None] + (mask[:, past:].cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        if past:
+            kv = next(t for _, t in hits if t is not None)
+            layers, _, heads, _, dim = kv.shape
+            prefix = kv.new_zeros((len(group), layers, 2, heads, past, dim))
+            for row, (n, t) in enumerate(hits):
+                if t is not None:
+                    prefix[row, :, :, :, past - n :] = t
+            cache = DynamicCache(ddp_cache_data=[(prefix[:, i, 0], prefix[:, i, 1]) for i in range(layers)])
+        return _Prefill(
             seqs=group,
+            cached=[n for n, _ in hits],
             ids=ids.to(self.device),
             mask=mask.to(self.device),
             positions=positions.to(self.device),
-            cache=DynamicCache(),
+            cache=cache,
+            past=past,
         )
 
     def _pad_id(self) -> int:
@@ -244,14 +303,17 @@ class ModelWorker:
                 self._finish(s, "cancelled")
             self._prefill = None
             return
-        start, end = p.done_cols, min(p.done_cols + self.config.prefill_chunk, p.ids.shape[1])
+        rows, width = p.ids.shape
+        chunk = max(1, min(self.config.prefill_chunk, self.config.prefill_token_budget // rows))
+        start, end = p.done_cols, min(p.done_cols + chunk, width)
         logits = self._forward(
-            p.ids[:, start:end], p.mask[:, :end], p.positions[:, start:end], p.cache, p.seqs
+            p.ids[:, start:end], p.mask[:, : p.past + end], p.positions[:, start:end], p.cache, p.seqs
         )
         p.done_cols = end
-        if end < p.ids.shape[1]:
+        if end < width:
             return
         self._prefill = None
+        self._remember_prompts(p)
         for seq in p.seqs:
             seq.position = len(seq.prompt_ids)
         batch = BatchKV(p.cache, p.mask)
@@ -266,6 +328,30 @@ class ModelWorker:
         else:
             self.kv.merge(batch)
             self.running.extend(joined)
+
+    def _remember_prompts(self, p: _Prefill) -> None:
+        """Put the full blocks of the group's prompts that were not cached yet into the prefix cache."""
+        cache = self.prefix_cache
+        if not cache.enabled:
+            return
+        layers = cache_layers(p.cache)
+        if len(layers) != len(p.cache.layers):  # e.g. layers sharing another layer's KV: not supported
+            log.warning("prefix caching turned off for %s: its KV cache layout is not supported", self.path)
+            cache.capacity_bytes = 0
+            return
+        size = cache.block_size
+        for row, (seq, cached) in enumerate(zip(p.seqs, p.cached, strict=True)):
+            blocks = len(seq.prompt_ids) // size
+            if blocks * size <= cached:
+                continue
+            columns = p.mask[row].nonzero().squeeze(1)[: blocks * size]
+            try:
+                kv = torch.stack([_row_kv(layer, row, columns) for layer in layers])
+            except RuntimeError:  # layers of different shapes cannot be stacked into blocks
+                log.warning("prefix caching turned off for %s: its layers' KV differ in shape", self.path)
+                cache.capacity_bytes = 0
+                return
+            cache.insert(seq.adapter, seq.prompt_ids[: blocks * size], kv)
 
     def _decode(self) -> None:
         kv = self.kv

@@ -16,7 +16,8 @@ import torch
 from transformers import DynamicCache
 
 
-def _layers(cache: DynamicCache) -> list[object]:
+def cache_layers(cache: DynamicCache) -> list[object]:
+    """The cache's layers that hold keys and values."""
     return [layer for layer in cache.layers if getattr(layer, "keys", None) is not None]
 
 
@@ -47,7 +48,7 @@ class BatchKV:
     def select(self, keep: list[int]) -> None:
         """Keep only these rows (in this order)."""
         index = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
-        for layer in _layers(self.cache):
+        for layer in cache_layers(self.cache):
             layer.keys = layer.keys.index_select(0, index)  # type: ignore[attr-defined]
             layer.values = layer.values.index_select(0, index)  # type: ignore[attr-defined]
         self.mask = self.mask.index_select(0, index)
@@ -61,7 +62,7 @@ class BatchKV:
         first = int(real[0].item()) if real.numel() else self.length
         if first == 0:
             return
-        for layer in _layers(self.cache):
+        for layer in cache_layers(self.cache):
             layer.keys = layer.keys[..., first:, :]  # type: ignore[attr-defined]
             layer.values = layer.values[..., first:, :]  # type: ignore[attr-defined]
         self.mask = self.mask[:, first:]
@@ -70,7 +71,7 @@ class BatchKV:
         """Append `other`'s rows after this batch's rows (both left-padded to a common length)."""
         length = max(self.length, other.length)
         mine, theirs = length - self.length, length - other.length
-        for a, b in zip(_layers(self.cache), _layers(other.cache), strict=True):
+        for a, b in zip(cache_layers(self.cache), cache_layers(other.cache), strict=True):
             a.keys = torch.cat([_pad_left(a.keys, mine), _pad_left(b.keys, theirs)], dim=0)  # type: ignore[attr-defined]
             a.values = torch.cat([_pad_left(a.values, mine), _pad_left(b.values, theirs)], dim=0)  # type: ignore[attr-defined]
         pad = self.mask.new_zeros

@@ -1,0 +1,191 @@
+"""Automatic prefix caching: exact reuse of prompt-prefix KV, per base model and per adapter, bounded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from preftune.inference.batch import ModelWorker, Sequence, WorkerConfig
+from preftune.inference.prefix_cache import PrefixCache
+from preftune.inference.prompts import render_prompt
+from preftune.inference.types import Finished, SamplingParams, StreamEvent, TextDelta
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def lively_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model re-initialised with larger weights. The tiny model's small random weights
+    answer every prompt with the same token, whatever it attends to; these answers depend on every
+    earlier token and its position, so a wrong cached KV (or position) changes them."""
+    out = tmp_path_factory.mktemp("lively") / "model"
+    config = AutoConfig.from_pretrained(str(tiny_model_dir))
+    config.initializer_range = 0.3
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(out)
+    return out
+
+
+def _kv(tokens: int, fill: float = 0.0) -> torch.Tensor:
+    """A fake KV of `tokens` tokens: (layers=2, k/v, heads=1, tokens, dim=4), position-coded."""
+    return (
+        torch.arange(tokens, dtype=torch.float32).view(1, 1, 1, tokens, 1).expand(2, 2, 1, tokens, 4) + fill
+    )
+
+
+def test_lookup_returns_the_longest_cached_whole_blocks_within_the_limit() -> None:
+    cache = PrefixCache(block_size=4, capacity_bytes=1 << 20)
+    tokens = list(range(100, 111))  # 11 tokens: 2 full blocks
+    cache.insert("base", tokens, _kv(8))
+    assert len(cache) == 2
+    n, kv = cache.lookup("base", [*tokens[:9], 999], limit=9)
+    assert n == 8 and kv is not None and torch.equal(kv, _kv(8))
+    assert cache.lookup("base", tokens, limit=7)[0] == 4  # the limit keeps the last prompt token uncached
+    assert (
+        cache.lookup("base", [100, 101, 102, 7, 104, 105, 106, 107], limit=8)[0] == 0
+    )  # first block differs
+    assert cache.lookup("other", tokens, limit=10) == (0, None)  # another namespace never sees these blocks
+    assert cache.stats.hits == 2 and cache.stats.hit_tokens == 12
+
+
+def test_a_block_is_found_only_after_the_same_beginning() -> None:
+    cache = PrefixCache(block_size=2, capacity_bytes=1 << 20)
+    cache.insert("base", [1, 2, 3, 4], _kv(4))
+    # Same second block after a different first block: a different prefix, so no hit at all.
+    assert cache.cached_length("base", [9, 9, 3, 4, 5], limit=4) == 0
+    assert cache.cached_length("base", [1, 2, 3, 4, 5], limit=4) == 4
+
+
+def test_memory_is_bounded_and_least_recently_used_chains_go_first() -> None:
+    block_bytes = _kv(2).numel() * 4
+    cache = PrefixCache(block_size=2, capacity_bytes=5 * block_bytes)
+    cache.insert("base", [1, 2, 3, 4], _kv(4))  # chain A: 2 blocks
+    cache.insert("base", [5, 6, 7, 8], _kv(4))  # chain B: 2 blocks
+    assert cache.lookup("base", [1, 2, 3, 4, 0], limit=4)[0] == 4  # A is now the most recent
+    cache.insert("base", [9, 10, 11, 12], _kv(4))  # chain C: needs room for one more block
+    assert cache.bytes <= cache.capacity_bytes and len(cache) == 5
+    # B's tail went first (a chain's tail is always older than its head), A and C are whole.
+    assert cache.cached_length("base", [5, 6, 7, 8, 0], limit=4) == 2
+    assert cache.cached_length("base", [1, 2, 3, 4, 0], limit=4) == 4
+    assert cache.cached_length("base", [9, 10, 11, 12, 0], limit=4) == 4
+    assert PrefixCache(block_size=2, capacity_bytes=0).lookup("base", [1, 2, 3], limit=2) == (0, None)
+
+
+def _submit(
+    worker: ModelWorker, text: str, adapter: Path | None = None, max_new: int = 10
+) -> tuple[Sequence, list[StreamEvent]]:
+    events: list[StreamEvent] = []
+    prompt = render_prompt(worker.tokenizer, [{"role": "user", "content": text}])
+    seq = worker.new_sequence(prompt, GREEDY, max_new, adapter, events.append)
+    worker.submit(seq)
+    return seq, events
+
+
+def _drain(worker: ModelWorker) -> None:
+    for _ in range(10_000):
+        if not worker.has_work():
+            return
+        worker.step()
+    raise AssertionError("worker never finished")
+
+
+def _reference(model: torch.nn.Module, prompt: list[int], max_new: int, eos: list[int]) -> list[int]:
+    out = model.generate(  # type: ignore[operator]
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        max_new_tokens=max_new,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=eos[0],
+    )
+    return out[0, len(prompt) :].tolist()
+
+
+def test_cache_hits_give_exactly_the_answers_of_a_cold_prefill(lively_model_dir: Path) -> None:
+    worker = ModelWorker(lively_model_dir, torch.device("cpu"), WorkerConfig(prefix_block_size=4))
+    cold = ModelWorker(lively_model_dir, torch.device("cpu"), WorkerConfig(prefix_cache_mb=0))
+    first, _ = _submit(worker, "hello there")
+    _drain(worker)
+    assert worker.prefix_cache.stats.hits == 0 and len(worker.prefix_cache) > 0
+    # The chat template's system prompt is shared by every prompt; the same question again shares all of it.
+    texts = ["what is 2+2?", "hello there", "a much longer prompt that talks about many different things"]
+    runs = [_submit(worker, text) for text in texts]
+    _drain(worker)
+    stats = worker.prefix_cache.stats
+    common = next(
+        i for i, (a, b) in enumerate(zip(first.prompt_ids, runs[0][0].prompt_ids, strict=False)) if a != b
+    )
+    assert common >= 8 and stats.hits == 3
+    # Every prompt reuses at least the shared template; the repeated one all but its last block.
+    assert stats.hit_tokens >= 2 * (common // 4 * 4) + (len(first.prompt_ids) - 1) // 4 * 4
+    cold_runs = [_submit(cold, text) for text in texts]
+    _drain(cold)
+    eos = sorted(worker.eos_ids)
+    for (seq, events), (cold_seq, _) in zip(runs, cold_runs, strict=True):
+        assert seq.generated == cold_seq.generated == _reference(worker.model, seq.prompt_ids, 10, eos)
+        text = "".join(e.text for e in events if isinstance(e, TextDelta))
+        assert text == worker.tokenizer.decode(seq.generated, skip_special_tokens=True)
+        assert isinstance(events[-1], Finished) and events[-1].prompt_tokens == len(seq.prompt_ids)
+    assert cold.prefix_cache.stats.hits == 0 and len(cold.prefix_cache) == 0
+
+
+def test_adapters_never_share_cached_prefixes_with_the_base_or_each_other(
+    lively_model_dir: Path, adapter_dirs: list[Path]
+) -> None:
+    worker = ModelWorker(lively_model_dir, torch.device("cpu"), WorkerConfig())
+    # Load both adapters (and the base) with a first request each, so every namespace exists.
+    for adapter in [None, *adapter_dirs]:
+        _submit(worker, "warm up", adapter, max_new=1)
+    _drain(worker)
+    cache = worker.prefix_cache
+    question = "tell me a story"
+    # The base model has seen this prompt; each adapter has seen only its warm-up prompt.
+    _submit(worker, question, None, max_new=1)
+    _drain(worker)
+    prompt = render_prompt(worker.tokenizer, [{"role": "user", "content": question}])
+    base_hit = cache.cached_length(worker.adapters.peek(None) or "", prompt, len(prompt) - 1)
+    names = [worker.adapters.peek(a) or "" for a in adapter_dirs]
+    shared = [cache.cached_length(name, prompt, len(prompt) - 1) for name in names]
+    assert base_hit > max(shared) > 0  # adapters only reuse their own warm-up's system prompt
+    eos = sorted(worker.eos_ids)
+    for adapter, name in zip(adapter_dirs, names, strict=True):
+        hits_before = cache.stats.hit_tokens
+        miss, _ = _submit(worker, question, adapter)  # reuses only this adapter's own system prompt
+        _drain(worker)
+        assert cache.stats.hit_tokens - hits_before == max(shared)
+        assert cache.cached_length(name, prompt, len(prompt) - 1) == (len(prompt) - 1) // 8 * 8
+        hit, _ = _submit(worker, question, adapter)  # now the whole prompt but its last block is cached
+        _drain(worker)
+        reference = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(str(lively_model_dir), dtype=torch.float32), str(adapter)
+        )
+        expected = _reference(reference, prompt, 10, eos)
+        assert miss.generated == hit.generated == expected
+    base_answer, _ = _submit(worker, question)
+    _drain(worker)
+    base = AutoModelForCausalLM.from_pretrained(str(lively_model_dir), dtype=torch.float32)
+    assert base_answer.generated == _reference(base, prompt, 10, eos)
+    assert base_answer.generated != expected  # the adapter really changes the answer (and so the KV)
+
+
+def test_a_burst_is_prefilled_in_groups_that_stream_before_the_rest(lively_model_dir: Path) -> None:
+    config = WorkerConfig(prefill_token_budget=64, prefix_cache_mb=0)
+    worker = ModelWorker(lively_model_dir, torch.device("cpu"), config)
+    runs = [_submit(worker, f"question number {i}") for i in range(6)]
+    longest = max(len(seq.prompt_ids) for seq, _ in runs)
+    assert 2 * longest > 64 >= longest  # one request a group, with this budget
+    worker.step()
+    # The first group streamed its first token (and had a decode step) before the others' prefill.
+    assert [len(seq.generated) for seq, _ in runs] == [2, 0, 0, 0, 0, 0]
+    worker.step()
+    assert [bool(seq.generated) for seq, _ in runs][:2] == [True, True]
+    assert len(runs[0][0].generated) == 3  # decode steps for the running sequence went on meanwhile
+    _drain(worker)
+    eos = sorted(worker.eos_ids)
+    for seq, _ in runs:
+        assert seq.generated == _reference(worker.model, seq.prompt_ids, 10, eos)
