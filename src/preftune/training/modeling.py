@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from preftune.errors import TrainingSpecError
+from preftune.training.fused import fuse_lora_layers
 from preftune.training.spec import TrainingSpec
 
 REFERENCE_ADAPTER = "reference"
@@ -165,6 +166,7 @@ def load_policy(spec: TrainingSpec, base_path: Path, device: torch.device) -> Po
     if lora:
         # Keep the trainable adapter active (loading the reference copy may not change that, but be explicit).
         model.set_adapter("default")
+        fuse_lora_layers(model)
     model.to(device)
     return Policy(
         model=model,
