@@ -12,6 +12,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+import preftune.training.trainer as trainer_module
 from preftune.errors import DataValidationError, InvalidRequestError, ModelNotFoundError, TrainingSpecError
 from preftune.training.callbacks import TrainCallbacks
 from preftune.training.spec import TrainingSpec
@@ -200,8 +201,10 @@ def test_full_finetune_caches_reference_logps(tiny_model_dir: Path, pairs_file: 
 
 
 def test_sft_then_dpo_uses_the_sft_model_as_reference(
-    tiny_model_dir: Path, sft_file: Path, pairs_file: Path, tmp_path: Path
+    tiny_model_dir: Path, sft_file: Path, pairs_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Compute the first step's reference for real: taken from the policy, it would equal it by construction.
+    monkeypatch.setattr(trainer_module, "REUSE_POLICY_AS_REFERENCE", False)
     sft = train(
         small(training_method="sft", learning_rate=1e-2),
         model=str(tiny_model_dir),
@@ -294,3 +297,42 @@ def test_user_errors_name_what_to_fix(
             models_dir=tmp_path,
         )
     assert exc2.value.param == "output_dir"
+
+
+@pytest.mark.parametrize("continued", [False, True])
+def test_first_step_reference_taken_from_the_policy_changes_nothing(
+    tiny_model_dir: Path,
+    pairs_file: Path,
+    eval_pairs_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    continued: bool,
+) -> None:
+    """Before the first optimizer step a LoRA policy is its reference: reusing its log-probs is exact."""
+    start: dict[str, Any] = {}
+    if continued:
+        first = train(
+            small(max_steps=1),
+            model=str(tiny_model_dir),
+            training_file=pairs_file,
+            output_dir=tmp_path / "first",
+            models_dir=tmp_path,
+        )
+        start = {"from_checkpoint": str(first.output_dir)}
+    runs = []
+    for reuse in (True, False):
+        monkeypatch.setattr(trainer_module, "REUSE_POLICY_AS_REFERENCE", reuse)
+        out = tmp_path / f"reuse-{reuse}"
+        train(
+            small(batch_size=4, gradient_accumulation_steps=2, max_steps=3, n_evals=1, **start),
+            model=str(tiny_model_dir),
+            training_file=pairs_file,
+            validation_file=eval_pairs_file,
+            output_dir=out,
+            models_dir=tmp_path,
+        )
+        runs.append(read_metrics(out))
+    for with_reuse, without in zip(*runs, strict=True):
+        for key in ("loss", "rewards/chosen", "rewards/margins", "grad_norm"):
+            if key in without:
+                assert with_reuse[key] == pytest.approx(without[key], rel=1e-5, abs=1e-6), key

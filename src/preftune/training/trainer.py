@@ -52,6 +52,9 @@ from preftune.training.tokenize import PairTokens, SFTTokens
 from preftune.training.tracking import wandb_callbacks
 
 REFERENCE_CACHE = "reference_logps.pt"
+# Take the first step's reference log-probs from the policy itself (see `_Run._loss`); tests turn
+# it off to check the shortcut changes nothing.
+REUSE_POLICY_AS_REFERENCE = True
 
 
 def train(
@@ -143,6 +146,7 @@ class _Run:
         self.is_dpo = spec.training_method == "dpo"
         self.reference_cache: dict[str, torch.Tensor] = {}
         self.reference_memo: dict[str, dict[int, torch.Tensor]] = {}
+        self.policy_is_reference = False
 
     # --- set-up -------------------------------------------------------------------------------
     def _check_output_dir(self) -> None:
@@ -250,9 +254,20 @@ class _Run:
         return sums
 
     def _loss(self, batch: PackedBatch, split: str, ids: list[int]) -> LossOutput:
-        reference = self._reference_logps(batch, split, ids)
+        # Until the first optimizer step a LoRA policy is its reference (a fresh adapter adds B = 0,
+        # a continued one starts as the reference copy), so its own log-probs are the reference's:
+        # the reference forward of the first step is skipped, exactly.
+        reuse = (
+            self.policy_is_reference and split == "train" and self.policy.lora and self.spec.needs_reference
+        )
+        reference = None if reuse else self._reference_logps(batch, split, ids)
         with self._autocast():
             sums, counts = sequence_logps(self.policy.model, batch)
+        if reuse:
+            reference = sums.detach()
+            memo = self.reference_memo.setdefault(split, {})
+            for k, i in enumerate(ids):
+                memo[i] = reference[2 * k : 2 * k + 2].float().cpu()
         if not self.is_dpo:
             return sft_loss(sums, counts)
         policy = SequenceLogps(sums[0::2], sums[1::2], counts[0::2], counts[1::2])
@@ -379,6 +394,9 @@ class _Run:
         except _Stopped:
             stopped = True
         start_step, totals, resumed_from = self._restore()
+        # A continued adapter with dropout differs from its reference copy even before the first step.
+        same_forward = not self.policy.reference_adapter or self.spec.lora_dropout == 0
+        self.policy_is_reference = REUSE_POLICY_AS_REFERENCE and start_step == 0 and same_forward
         for key in ("tokens_seen", "examples_seen", "wall_time_s"):
             totals.setdefault(key, 0.0)
         wall_before = totals["wall_time_s"]
@@ -452,6 +470,7 @@ class _Run:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
             lr = float(self.scheduler.get_last_lr()[0])
             self.optimizer.step()
+            self.policy_is_reference = False
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             step += 1
