@@ -1,6 +1,6 @@
 """Does each preference method learn? Held-out reward accuracy and margin before and after training.
 
-    .venv/bin/python benchmarks/learning_check.py                       # 200 train / 84 held-out pairs
+    .venv/bin/python benchmarks/learning_check.py                       # 200 train / the other 84 pairs
     .venv/bin/python benchmarks/learning_check.py --train 64 --eval 48  # shorter
 
 Trains smollm2-135m-instruct with LoRA on the first `--train` orca pairs and evaluates on the last
@@ -136,7 +136,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--train", type=int, default=200, help="first N pairs to train on (default 200)")
-    parser.add_argument("--eval", type=int, default=84, help="last N pairs to evaluate on (default 84)")
+    parser.add_argument(
+        "--eval",
+        type=int,
+        default=None,
+        help="last N pairs to evaluate on (default: all after the training ones)",
+    )
     parser.add_argument("--methods", default="dpo,simpo,rpo")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -151,6 +156,8 @@ def main() -> None:
     from preftune.training.models import resolve_model
 
     lines = ORCA.read_text(encoding="utf-8").splitlines()
+    if args.eval is None:
+        args.eval = len(lines) - args.train
     if args.train + args.eval > len(lines):
         raise SystemExit(f"--train + --eval must be at most {len(lines)} (the orca file's pairs)")
     model_dir = resolve_model(MODEL, Settings().models_dir)
