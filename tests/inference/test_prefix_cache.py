@@ -1,4 +1,5 @@
-"""Automatic prefix caching: exact reuse of prompt-prefix KV, per base model and per adapter, bounded."""
+"""Prefill: automatic prefix caching (exact reuse of prompt-prefix KV, per base model and per adapter,
+bounded) and bursts (prefilled together, in groups bounded by a token budget)."""
 
 from __future__ import annotations
 
@@ -189,3 +190,23 @@ def test_a_burst_is_prefilled_in_groups_that_stream_before_the_rest(lively_model
     eos = sorted(worker.eos_ids)
     for seq, _ in runs:
         assert seq.generated == _reference(worker.model, seq.prompt_ids, 10, eos)
+
+
+def test_an_idle_worker_waits_for_a_burst_to_finish_arriving(tiny_model_dir: Path) -> None:
+    worker = ModelWorker(tiny_model_dir, torch.device("cpu"), WorkerConfig())
+    assert worker.settle_time(quiet=1.0, longest=5.0) == 0.0  # nothing waiting
+    first, _ = _submit(worker, "one")
+    assert 0.9 < worker.settle_time(quiet=1.0, longest=5.0) <= 1.0
+    second, _ = _submit(worker, "two")
+    first.arrived -= 0.8  # the first came 0.8 s before the second: wait for the quiet gap after the latest
+    assert 0.9 < worker.settle_time(quiet=1.0, longest=5.0) <= 1.0
+    assert (
+        worker.settle_time(quiet=1.0, longest=1.5) <= 0.7
+    )  # but never longer than `longest` after the first
+    first.arrived -= 10
+    assert worker.settle_time(quiet=1.0, longest=5.0) == 0.0
+    first.arrived = second.arrived = 0.0
+    worker.step()  # admitted and prefilled: a running batch never waits for more arrivals
+    _submit(worker, "three")
+    assert worker.running and worker.settle_time(quiet=1.0, longest=5.0) == 0.0
+    _drain(worker)

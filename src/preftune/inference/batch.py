@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ class Sequence:
     cancelled: bool = False
     adapter: str = ""
     generated: list[int] = field(default_factory=list)
+    arrived: float = 0.0  # time.monotonic() at submit
     position: int = 0  # rotary position of the next token fed to the model
     done: bool = False
 
@@ -156,8 +158,25 @@ class ModelWorker:
         )
 
     def submit(self, seq: Sequence) -> None:
+        seq.arrived = time.monotonic()
         with self._lock:
             self.waiting.append(seq)
+
+    def settle_time(self, quiet: float, longest: float) -> float:
+        """Seconds to hold off admitting, so that a burst arriving at once is prefilled together.
+
+        Only an idle worker waits: until no request has arrived for `quiet` seconds, and never
+        longer than `longest` after the first one. A busy worker admits at its next step anyway,
+        and whatever arrived during that step's forwards is taken together.
+        """
+        if self.running or self._prefill is not None:
+            return 0.0
+        with self._lock:
+            if not self.waiting:
+                return 0.0
+            first, last = self.waiting[0].arrived, self.waiting[-1].arrived
+        now = time.monotonic()
+        return max(0.0, min(last + quiet, first + longest) - now)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self._prefill)
