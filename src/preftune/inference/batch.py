@@ -332,11 +332,12 @@ class ModelWorker:
         if end < width:
             return
         self._prefill = None
-        self._remember_prompts(p)
         for seq in p.seqs:
             seq.position = len(seq.prompt_ids)
         batch = BatchKV(p.cache, p.mask)
         keep = [i for i, seq in enumerate(p.seqs) if self._accept(seq, logits[i])]
+        # After the first tokens are out (it costs a few ms), before finished rows leave the cache.
+        self._remember_prompts(p)
         if not keep:
             return
         if len(keep) < len(p.seqs):
