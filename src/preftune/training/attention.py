@@ -28,13 +28,14 @@ IMPLEMENTATION = "preftune_blocks"
 Block = tuple[int, int]
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=32)
 def _block_mask(
     length: int, prefix: int, window: int | None, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
     """Additive mask [length, prefix + length]: query a sees key b (prefix first) when b <= a + prefix.
 
-    Cached: every layer of a forward asks for the same blocks' masks, and batches repeat lengths.
+    Cached: every layer of a forward asks for the same blocks' masks. 32 entries hold a pass's worth
+    (one per pair) and at most about 128 MB at max_length 1024.
     """
     q = torch.arange(length, device=device).unsqueeze(1) + prefix
     k = torch.arange(prefix + length, device=device).unsqueeze(0)
