@@ -51,9 +51,9 @@ class WorkerConfig:
     # Padded prompt tokens (rows x longest uncached part) prefilled in one group, and in one forward.
     # A group's requests all get their first token when the group is done, so a smaller budget
     # gives a burst's first requests their first token sooner, at the cost of more forwards (each
-    # one reads all the weights). 128 was the best time to first token under a burst of 16 chat
-    # requests on a 2-core CPU, at the same aggregate tokens/s (benchmarks/RESULTS.md).
-    prefill_token_budget: int = 128
+    # one reads all the weights) and of decode steps in between. About 10 short chat prompts a
+    # group; measured against 64, 128 and 256 on a 2-core CPU (benchmarks/RESULTS.md).
+    prefill_token_budget: int = 160
     adapter_cache_size: int = 8
     # Automatic prefix caching: KV of recent prompt prefixes kept per base model (0 turns it off).
     # 256 MB holds ~5,600 tokens of SmolLM2-135M's KV (46 KB a token), ~2,000 of an 8B Llama's in bf16.
