@@ -64,6 +64,7 @@ QUESTIONS = [
     "Suggest a name for a grey cat.",
     "What is the boiling point of water at sea level?",
 ]
+SINGLES = 5  # warm single requests measured for the target's reference
 WARM_UP = "Hello! Who are you?"  # asked by no client: warms the server without caching their questions
 
 
@@ -163,6 +164,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     warm_up = [[{"role": "user", "content": WARM_UP}]]
     # Cold: the first request after loading (empty prefix cache, first-call costs of every kernel).
     cold = await preftune(engine, target, warm_up, 4)
+    # Warm single requests, each alone on the server in a row's starting state: their median is the
+    # single-request time to first token of the target (one sample would be at the mercy of noise).
+    singles = []
+    for question in QUESTIONS[:SINGLES]:
+        await engine.clear_prefix_caches()
+        await preftune(engine, target, warm_up, 4)
+        singles.append(
+            (await preftune(engine, target, [[{"role": "user", "content": question}]], 4))["ttft_p50_s"]
+        )
     rows = []
     for clients in args.clients:
         conversations = [[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}] for i in range(clients)]
@@ -195,7 +205,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "rows": rows,
         "prefill_token_budget": worker.prefill_token_budget,
         "prefix_block_size": worker.prefix_block_size,
-        "single_request_ttft_s": single["preftune"]["ttft_p50_s"],
+        "single_request_ttft_s": statistics.median(singles),
+        "single_request_ttfts_s": singles,
         "cold_ttft_s": cold["ttft_p50_s"],
         "baseline_single_ttft_s": single["baseline"]["ttft_p50_s"],
         "single_request_latency_s": single["preftune"]["wall_s"],
@@ -233,8 +244,10 @@ def markdown(result: dict[str, Any], command: str, notes: str) -> str:
     ttft, single = top["preftune"]["ttft_p50_s"], result["single_request_ttft_s"]
     lines += [
         "",
-        f"Single-request time to first token, the target's reference: {single:.3f} s, preftune's 1-client row "
-        "(a warm server: after one warm-up request, as every row). Cold, the first request after the model "
+        f"Single-request time to first token, the target's reference: {single:.3f} s, the median of "
+        f"{len(result['single_request_ttfts_s'])} requests each alone on a warm server (prefix cache emptied, "
+        "then one warm-up request, as before every row): "
+        f"{', '.join(f'{t:.3f}' for t in result['single_request_ttfts_s'])} s. Cold, the first request after the model "
         f"is loaded (empty prefix cache, first call of every kernel): {result['cold_ttft_s']:.3f} s. "
         f"`transformers` `generate` alone: {result['baseline_single_ttft_s']:.3f} s.",
         "",
