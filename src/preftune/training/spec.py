@@ -274,7 +274,7 @@ class TrainingSpec(BaseModel):
     )
     wandb_name: str | None = Field(
         default=None,
-        description="W&B run name (default: the job id).",
+        description="W&B run name (default: the fine-tuned model's name on the server, W&B's own with preftune train).",
         json_schema_extra={"group": "tracking"},
     )
 
