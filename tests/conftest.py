@@ -37,6 +37,23 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def lively_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model re-initialised with larger weights. The tiny model's small random weights
+    answer every prompt with the same token, whatever it attends to; these answers depend on every
+    earlier token and its position, so a wrong cached KV (or position) changes them."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("lively") / "model"
+    config = AutoConfig.from_pretrained(str(tiny_model_dir))
+    config.initializer_range = 0.3
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def orca_path() -> Path:
     if not ORCA.is_file():
         pytest.skip(f"shared data not found at {ORCA}")

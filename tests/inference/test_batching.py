@@ -58,9 +58,11 @@ def _reference(model: torch.nn.Module, prompt: list[int], max_new: int, eos: lis
 GREEDY = SamplingParams(temperature=0.0)
 
 
-def test_batched_greedy_equals_single_request_generate(tiny_model_dir: Path) -> None:
+def test_batched_greedy_equals_single_request_generate(lively_model_dir: Path) -> None:
     # Small prefill chunks and staggered arrivals exercise chunked prefill and merging into a running batch.
-    worker = ModelWorker(tiny_model_dir, torch.device("cpu"), WorkerConfig(max_batch_size=3, prefill_chunk=8))
+    worker = ModelWorker(
+        lively_model_dir, torch.device("cpu"), WorkerConfig(max_batch_size=3, prefill_chunk=8)
+    )
     runs = []
     for i, text in enumerate(PROMPTS):
         runs.append(_submit(worker, text, GREEDY))
@@ -69,6 +71,8 @@ def test_batched_greedy_equals_single_request_generate(tiny_model_dir: Path) -> 
     assert worker.waiting, "more requests than batch slots: some must wait"
     _drain(worker)
     eos = sorted(worker.eos_ids)
+    # Answers that depend on the prompt: a batching bug (wrong KV row, position or mask) would show.
+    assert len({tuple(seq.generated) for seq, _ in runs}) > 1
     for seq, events in runs:
         assert seq.generated == _reference(worker.model, seq.prompt_ids, 12, eos)
         final = events[-1]
@@ -80,8 +84,10 @@ def test_batched_greedy_equals_single_request_generate(tiny_model_dir: Path) -> 
 
 
 def test_mixed_adapters_in_one_batch_equal_each_adapter_alone(
-    tiny_model_dir: Path, adapter_dirs: list[Path]
+    lively_model_dir: Path, adapter_dirs: list[Path]
 ) -> None:
+    # The adapters were made for the tiny model; the lively one has the same shapes.
+    tiny_model_dir = lively_model_dir
     worker = ModelWorker(tiny_model_dir, torch.device("cpu"), WorkerConfig(max_batch_size=8))
     choices: list[Path | None] = [None, adapter_dirs[0], adapter_dirs[1], adapter_dirs[0], None]
     runs = [_submit(worker, text, GREEDY, adapter) for text, adapter in zip(PROMPTS, choices, strict=True)]

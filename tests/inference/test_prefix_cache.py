@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from preftune.inference.batch import ModelWorker, Sequence, WorkerConfig
 from preftune.inference.prefix_cache import PrefixCache
@@ -16,20 +15,6 @@ from preftune.inference.prompts import render_prompt
 from preftune.inference.types import Finished, SamplingParams, StreamEvent, TextDelta
 
 GREEDY = SamplingParams(temperature=0.0)
-
-
-@pytest.fixture(scope="module")
-def lively_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model re-initialised with larger weights. The tiny model's small random weights
-    answer every prompt with the same token, whatever it attends to; these answers depend on every
-    earlier token and its position, so a wrong cached KV (or position) changes them."""
-    out = tmp_path_factory.mktemp("lively") / "model"
-    config = AutoConfig.from_pretrained(str(tiny_model_dir))
-    config.initializer_range = 0.3
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(out)
-    return out
 
 
 def _kv(tokens: int, fill: float = 0.0) -> torch.Tensor:
