@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from preftune.errors import ConflictError, InvalidRequestError, NotFoundError
@@ -117,19 +116,7 @@ def create_file(
         request_hash=fingerprint,
     )
     session.add(record)
-    try:
-        session.commit()
-    except IntegrityError:
-        # Two uploads with the same key raced (a client retrying a slow upload); the other one won.
-        session.rollback()
-        if idempotency_key is not None:
-            existing = idempotency.find_replay(
-                session, File, owner_id, idempotency_key, fingerprint, what="file"
-            )
-            if existing is not None:
-                return existing
-        raise
-    return record
+    return idempotency.commit_or_replay(session, record, owner_id, idempotency_key, fingerprint, what="file")
 
 
 def upload_fingerprint(blob: BlobInfo, *, filename: str, purpose: str, name: str | None) -> str:

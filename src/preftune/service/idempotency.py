@@ -14,6 +14,7 @@ import json
 from typing import Any, TypeVar
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from preftune.errors import ConflictError, InvalidRequestError
@@ -53,3 +54,23 @@ def find_replay(
             code="idempotency_key_reused",
         )
     return row
+
+
+def commit_or_replay(
+    session: Session, record: Keyed, owner_id: str, key: str | None, request_hash: str, *, what: str
+) -> Keyed:
+    """Commit the new `record`; if a concurrent request with the same key won the race, return its row.
+
+    Two requests with one key (a client retrying a slow create) both pass the lookup before either
+    commits; the unique (owner, key) constraint lets one in, and the other answers with the winner.
+    """
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if key is not None:
+            existing = find_replay(session, type(record), owner_id, key, request_hash, what=what)
+            if existing is not None:
+                return existing
+        raise
+    return record

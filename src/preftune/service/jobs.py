@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from preftune.config import Settings
@@ -237,19 +236,7 @@ def create_job(
     check_transition(job.id, job.status, JobStatus.QUEUED)
     job.status = JobStatus.QUEUED.value
     add_event(session, job.id, EventType.JOB_QUEUED, "Job queued for a runner")
-    try:
-        session.commit()
-    except IntegrityError:
-        # Two requests with the same idempotency key raced; the other one won.
-        session.rollback()
-        if idempotency_key is not None:
-            existing = idempotency.find_replay(
-                session, Job, owner_id, idempotency_key, fingerprint, what="job"
-            )
-            if existing is not None:
-                return existing
-        raise
-    return job
+    return idempotency.commit_or_replay(session, job, owner_id, idempotency_key, fingerprint, what="job")
 
 
 def _secret(spec: TrainingSpec) -> str | None:
