@@ -187,3 +187,32 @@ def test_an_upload_without_a_key_is_always_new_and_a_deleted_files_key_is_free(a
     files = {"file": ("data.jsonl", content, "application/jsonl")}
     second = api.client.post("/v1/files", files=files, headers=api.headers() | key)
     assert second.status_code == 200 and second.json()["id"] != first["id"]
+
+
+def _blob_files(api: Any) -> list[str]:
+    root = api.settings.blobs_dir
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_a_refused_upload_leaves_no_blob_behind(api: Any) -> None:
+    content = _jsonl([GOOD] * 3)
+    key = {"Idempotency-Key": "upload-3"}
+    files = {"file": ("data.jsonl", content, "application/jsonl")}
+    first = api.client.post("/v1/files", files=files, data={"name": "pairs"}, headers=api.headers() | key)
+    assert first.status_code == 200, first.text
+    sha = first.json()["sha256"]
+    before = _blob_files(api)
+    assert [b for b in before if not b.startswith("tmp/")] == [f"{sha[:2]}/{sha}"]
+    other = {"file": ("data.jsonl", _jsonl([GOOD] * 4), "application/jsonl")}
+    reused_key = api.client.post("/v1/files", files=other, headers=api.headers() | key)
+    assert reused_key.status_code == 409 and reused_key.json()["error"]["code"] == "idempotency_key_reused"
+    assert _blob_files(api) == before
+    other = {"file": ("data.jsonl", _jsonl([GOOD] * 5), "application/jsonl")}
+    taken_name = api.client.post("/v1/files", files=other, data={"name": "pairs"}, headers=api.headers())
+    assert taken_name.status_code == 409 and taken_name.json()["error"]["code"] == "name_taken"
+    assert _blob_files(api) == before
+    # The refused bytes are not lost to an accepted upload of the same bytes afterwards.
+    accepted = api.client.post("/v1/files", files=other, headers=api.headers())
+    assert accepted.status_code == 200
+    content_url = f"/v1/files/{accepted.json()['id']}/content"
+    assert api.client.get(content_url, headers=api.headers()).content == _jsonl([GOOD] * 5)

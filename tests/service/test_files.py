@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +135,136 @@ def test_delete_removes_the_blob_when_unused_and_refuses_while_a_job_needs_it(
         assert not path.exists()
         with pytest.raises(NotFoundError):
             file_service.get_file(session, alice.owner_id, orca_file_id)
+
+
+def _blob_files(blobs: BlobStore) -> list[str]:
+    """Every file in the blob store (placed blobs and staged leftovers), as relative paths."""
+    return sorted(str(p.relative_to(blobs.root)) for p in blobs.root.rglob("*") if p.is_file())
+
+
+def _variant(path: Path, tmp_path: Path, n_lines: int) -> Path:
+    """Other bytes than `path`: its first `n_lines` lines (still a valid data set)."""
+    out = tmp_path / f"variant-{n_lines}.jsonl"
+    out.write_text("\n".join(path.read_text().splitlines()[:n_lines]) + "\n")
+    return out
+
+
+@pytest.mark.parametrize("reason", ["reused_key", "taken_name", "bad_purpose", "bad_name"])
+def test_a_rejected_upload_leaves_the_blob_store_as_it_was(
+    db: Database, blobs: BlobStore, alice: Any, small_orca: Path, tmp_path: Path, reason: str
+) -> None:
+    with db.session() as session:
+        first = file_service.create_file(
+            session,
+            alice.owner_id,
+            blobs.stage_path(small_orca),
+            blobs=blobs,
+            filename="o.jsonl",
+            name="orca",
+            idempotency_key="k1",
+        )
+        before = _blob_files(blobs)
+        assert before == [f"{first.sha256[:2]}/{first.sha256}"]
+        other = blobs.stage_path(_variant(small_orca, tmp_path, 5))
+        kwargs: dict[str, Any] = {
+            "reused_key": {"idempotency_key": "k1"},
+            "taken_name": {"name": "orca"},
+            "bad_purpose": {"purpose": "chat"},
+            "bad_name": {"name": "Not_A_Name"},
+        }[reason]
+        with pytest.raises((ConflictError, InvalidRequestError)):
+            file_service.create_file(
+                session, alice.owner_id, other, blobs=blobs, filename="o.jsonl", **kwargs
+            )
+        assert _blob_files(blobs) == before
+        assert file_service.content_path(session, alice.owner_id, first.id, blobs).read_bytes() == (
+            small_orca.read_bytes()
+        )
+
+
+def test_an_accepted_upload_keeps_its_blob_when_a_rejected_one_of_the_same_bytes_ends_first(
+    db: Database, blobs: BlobStore, alice: Any, small_orca: Path, tmp_path: Path
+) -> None:
+    # Both uploads have their bytes stored before either is recorded; the rejected one finishes
+    # first, while no file row uses those bytes yet. Its cleanup must not take the other's blob.
+    with db.session() as session:
+        file_service.create_file(
+            session,
+            alice.owner_id,
+            blobs.stage_path(_variant(small_orca, tmp_path, 5)),
+            blobs=blobs,
+            filename="o.jsonl",
+            name="taken",
+        )
+        accepted = blobs.stage_path(small_orca)
+        rejected = blobs.stage_path(small_orca)
+        assert rejected.sha256 == accepted.sha256
+        with pytest.raises(ConflictError):
+            file_service.create_file(
+                session, alice.owner_id, rejected, blobs=blobs, filename="o.jsonl", name="taken"
+            )
+        record = file_service.create_file(session, alice.owner_id, accepted, blobs=blobs, filename="o.jsonl")
+        assert record.status == "processed"
+        path = file_service.content_path(session, alice.owner_id, record.id, blobs)
+        assert path.read_bytes() == small_orca.read_bytes()
+        # And the other order: a rejection after the accepted upload is recorded keeps it too.
+        late = blobs.stage_path(small_orca)
+        with pytest.raises(ConflictError):
+            file_service.create_file(
+                session, alice.owner_id, late, blobs=blobs, filename="o.jsonl", name="taken"
+            )
+        assert path.read_bytes() == small_orca.read_bytes()
+        assert list((blobs.root / "tmp").iterdir()) == []
+
+
+def test_deleting_the_last_file_of_some_bytes_does_not_take_an_upload_in_flight(
+    db: Database, blobs: BlobStore, alice: Any, small_orca: Path
+) -> None:
+    with db.session() as session:
+        old = file_service.create_file(
+            session, alice.owner_id, blobs.stage_path(small_orca), blobs=blobs, filename="o.jsonl"
+        )
+        in_flight = blobs.stage_path(small_orca)
+        file_service.delete_file(session, alice.owner_id, old.id, blobs)
+        assert not blobs.exists(old.sha256)
+        new = file_service.create_file(session, alice.owner_id, in_flight, blobs=blobs, filename="o.jsonl")
+        assert file_service.content_path(session, alice.owner_id, new.id, blobs).read_bytes() == (
+            small_orca.read_bytes()
+        )
+
+
+@pytest.mark.parametrize("same_bytes", [True, False])
+def test_concurrent_uploads_with_one_key_keep_exactly_the_winners_blob(
+    db: Database, blobs: BlobStore, alice: Any, small_orca: Path, tmp_path: Path, same_bytes: bool
+) -> None:
+    # Four uploads race with one Idempotency-Key and different requests (file names, and bytes when
+    # not `same_bytes`): one wins, the others are refused at the lookup or at commit.
+    n = 4
+    sources = [small_orca if same_bytes else _variant(small_orca, tmp_path, 3 + i) for i in range(n)]
+    staged = [blobs.stage_path(path) for path in sources]
+    barrier = threading.Barrier(n)
+
+    def upload(i: int) -> str:
+        barrier.wait()
+        with db.session() as session:
+            try:
+                return file_service.create_file(
+                    session,
+                    alice.owner_id,
+                    staged[i],
+                    blobs=blobs,
+                    filename=f"{i}.jsonl",
+                    idempotency_key="k",
+                ).id
+            except ConflictError:
+                return ""
+
+    with ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(upload, range(n)))
+    winners = [r for r in results if r]
+    assert len(winners) == 1
+    with db.session() as session:
+        record = file_service.get_file(session, alice.owner_id, winners[0])
+        path = file_service.content_path(session, alice.owner_id, record.id, blobs)
+        assert path.read_bytes() == sources[results.index(winners[0])].read_bytes()
+    assert _blob_files(blobs) == [f"{record.sha256[:2]}/{record.sha256}"]

@@ -71,3 +71,20 @@ def test_bad_or_missing_names_are_not_found(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError):
         store.open("0" * 64)
     store.delete("0" * 64)  # deleting a missing blob is harmless
+
+
+def test_a_staged_blob_is_invisible_until_placed_and_discard_leaves_nothing(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    data = b"".join(_chunks(3))
+    staged = store.stage_chunks(_chunks(3))
+    assert staged.sha256 == hashlib.sha256(data).hexdigest() and staged.path.read_bytes() == data
+    assert not store.exists(staged.sha256)
+    with store.references():
+        placed = store.place(staged)
+    assert placed.path == store.path(staged.sha256) and placed.path.read_bytes() == data
+    store.discard(staged)  # after placing: harmless, the blob stays
+    assert store.exists(staged.sha256)
+    dropped = store.stage_chunks(_chunks(2))
+    store.discard(dropped)
+    assert not store.exists(dropped.sha256)
+    assert [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == [placed.path]

@@ -1,11 +1,13 @@
 """Data files: record an uploaded blob, validate it with the data layer, list, get, delete.
 
-The upload itself (streaming the body into the blob store) happens before: the API streams
-into `BlobStore`, then calls `create_file` with the resulting `BlobInfo`.
+The upload itself (streaming the body into the blob store) happens before: the API stages the
+body in `BlobStore` (hashed, under a temporary name), then calls `create_file` with the resulting
+`StagedBlob`, which places the bytes under their sha256 only if the upload is accepted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from preftune.errors import ConflictError, InvalidRequestError, NotFoundError
 from preftune.service import idempotency
 from preftune.service.common import Page, check_limit, check_resource_name, new_id, now
 from preftune.service.states import TERMINAL
-from preftune.store.blobs import BlobInfo, BlobStore
+from preftune.store.blobs import BlobInfo, BlobStore, StagedBlob
 from preftune.store.models import File, Job
 
 PURPOSES = ("fine-tune",)
@@ -67,9 +69,10 @@ def report_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
 def create_file(
     session: Session,
     owner_id: str,
-    blob: BlobInfo,
+    blob: StagedBlob | BlobInfo,
     *,
     filename: str,
+    blobs: BlobStore | None = None,
     purpose: str = "fine-tune",
     name: str | None = None,
     idempotency_key: str | None = None,
@@ -81,7 +84,32 @@ def create_file(
     With an `idempotency_key`, a repeated upload of the same owner (same content, filename, purpose
     and name) returns the file created first, as job creation does; the same key with another upload
     is a `ConflictError`. Deleting the file frees its key.
+
+    An upload comes as a `StagedBlob` (with `blobs`, the store that staged it): this function always
+    disposes of it, placing it only if the upload is accepted, so a rejected upload leaves the blob
+    store as it was. A `BlobInfo` is already in place and stays its caller's (in-process callers
+    that record one blob several times).
     """
+    if isinstance(blob, BlobInfo):
+        return _create(session, owner_id, blob, None, filename, purpose, name, idempotency_key)
+    if blobs is None:
+        raise TypeError("create_file needs the BlobStore that staged the blob (blobs=...)")
+    try:
+        return _create(session, owner_id, blob, blobs, filename, purpose, name, idempotency_key)
+    finally:
+        blobs.discard(blob)  # nothing left to remove once the blob was placed
+
+
+def _create(
+    session: Session,
+    owner_id: str,
+    blob: StagedBlob | BlobInfo,
+    blobs: BlobStore | None,
+    filename: str,
+    purpose: str,
+    name: str | None,
+    idempotency_key: str | None,
+) -> File:
     filename = Path(filename).name or "upload.jsonl"
     idempotency.check_key(idempotency_key)
     fingerprint = upload_fingerprint(blob, filename=filename, purpose=purpose, name=name)
@@ -116,10 +144,35 @@ def create_file(
         request_hash=fingerprint,
     )
     session.add(record)
-    return idempotency.commit_or_replay(session, record, owner_id, idempotency_key, fingerprint, what="file")
+    if blobs is None or not isinstance(blob, StagedBlob):
+        return idempotency.commit_or_replay(
+            session, record, owner_id, idempotency_key, fingerprint, what="file"
+        )
+    with blobs.references():
+        # Placed before the row commits: a crash in between leaves an unused blob, never a file
+        # without its bytes. Under the lock, no delete can run between the two.
+        blobs.place(blob)
+        try:
+            return idempotency.commit_or_replay(
+                session, record, owner_id, idempotency_key, fingerprint, what="file"
+            )
+        except BaseException:
+            # Refused at commit (a concurrent upload won the same key or name). The bytes may be
+            # another file's too: only remove them if no live file uses them. Keeping a blob we could
+            # not prove unused (the database failing too) is the safe mistake.
+            with contextlib.suppress(Exception):
+                session.rollback()
+                if _blob_user(session, blob.sha256) is None:
+                    blobs.delete(blob.sha256)
+            raise
 
 
-def upload_fingerprint(blob: BlobInfo, *, filename: str, purpose: str, name: str | None) -> str:
+def _blob_user(session: Session, sha256: str) -> str | None:
+    """A live file whose content is the blob `sha256` (blobs are shared by identical uploads)."""
+    return session.scalar(select(File.id).where(File.sha256 == sha256, File.deleted_at.is_(None)).limit(1))
+
+
+def upload_fingerprint(blob: StagedBlob | BlobInfo, *, filename: str, purpose: str, name: str | None) -> str:
     """What makes two uploads the same upload: the bytes (by sha256) and the form fields sent with them."""
     return idempotency.fingerprint(
         {"sha256": blob.sha256, "bytes": blob.size, "filename": filename, "purpose": purpose, "name": name}
@@ -234,11 +287,11 @@ def delete_file(session: Session, owner_id: str, file_id: str, blobs: BlobStore)
     # A deleted file cannot be returned to a retry, so its key may name a new upload.
     record.idempotency_key = None
     session.commit()
-    still_used = session.scalar(
-        select(File.id).where(File.sha256 == record.sha256, File.deleted_at.is_(None)).limit(1)
-    )
-    if still_used is None:
-        blobs.delete(record.sha256)
+    # Under the lock uploads hold from placing a blob to committing its file: a concurrent upload of
+    # the same bytes is either seen here as a user, or places its own copy after this delete.
+    with blobs.references():
+        if _blob_user(session, record.sha256) is None:
+            blobs.delete(record.sha256)
     return record
 
 

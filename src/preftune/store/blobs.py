@@ -2,15 +2,23 @@
 
 A write streams to a temporary name in the same directory, is fsynced and then renamed, so a
 crash never leaves half a file under a real name, and memory stays flat whatever the size.
+
+An upload is *staged* first (written and hashed under `tmp/`, invisible under its sha256 name)
+and *placed* only once the upload is accepted, so a rejected upload has nothing to take back.
+Blobs are shared by every file with the same bytes, so placing a blob and recording a reference
+to it, and checking for references and deleting, happen under one lock (`references()`): a
+delete can never slip between an upload placing its bytes and recording that it uses them.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -23,6 +31,21 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 @dataclass(frozen=True)
 class BlobInfo:
+    """A blob in place under its sha256 name."""
+
+    sha256: str
+    size: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class StagedBlob:
+    """Bytes written, fsynced and hashed under a private temporary name, not yet under their sha256.
+
+    `path` is the temporary file (readable, e.g. for validation); `BlobStore.place` moves it into
+    place and `BlobStore.discard` removes it.
+    """
+
     sha256: str
     size: int
     path: Path
@@ -54,17 +77,11 @@ class _Writer:
         self.hasher.update(chunk)
         self.file.write(chunk)
 
-    def finish(self) -> BlobInfo:
+    def finish(self) -> StagedBlob:
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
-        sha = self.hasher.hexdigest()
-        final = self.root / sha[:2] / sha
-        final.parent.mkdir(parents=True, exist_ok=True)
-        # Same content, same name: a rename over an existing blob is harmless.
-        os.replace(self.tmp_path, final)
-        _fsync_dir(final.parent)
-        return BlobInfo(sha256=sha, size=self.size, path=final)
+        return StagedBlob(sha256=self.hasher.hexdigest(), size=self.size, path=self.tmp_path)
 
     def abort(self) -> None:
         if not self.file.closed:
@@ -108,8 +125,23 @@ class BlobStore:
             )
         return path.open("rb")
 
-    def put_chunks(self, chunks: Iterable[bytes], *, max_bytes: int | None = None) -> BlobInfo:
-        """Store an iterable of byte chunks; raises `PayloadTooLargeError` past `max_bytes`."""
+    @contextmanager
+    def references(self) -> Iterator[None]:
+        """Hold while placing a blob and recording its use, or while checking its uses and deleting it.
+
+        An exclusive `flock` on the store's directory: it excludes other threads (each call opens its
+        own descriptor) and other processes sharing the store alike, and the kernel drops it if the
+        holder dies.
+        """
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the last descriptor releases the lock
+
+    def stage_chunks(self, chunks: Iterable[bytes], *, max_bytes: int | None = None) -> StagedBlob:
+        """Write an iterable of byte chunks under a temporary name; raises `PayloadTooLargeError` past `max_bytes`."""
         writer = _Writer(self.root, max_bytes)
         try:
             for chunk in chunks:
@@ -119,10 +151,10 @@ class BlobStore:
             writer.abort()
             raise
 
-    async def put_async_chunks(
+    async def stage_async_chunks(
         self, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None
-    ) -> BlobInfo:
-        """Like `put_chunks` for an async stream (an HTTP request body)."""
+    ) -> StagedBlob:
+        """Like `stage_chunks` for an async stream (an HTTP request body)."""
         writer = _Writer(self.root, max_bytes)
         try:
             async for chunk in chunks:
@@ -132,13 +164,51 @@ class BlobStore:
             writer.abort()
             raise
 
+    def stage_file(self, source: BinaryIO, *, max_bytes: int | None = None) -> StagedBlob:
+        """Stage a readable binary file object, read in 1 MiB chunks."""
+        return self.stage_chunks(iter(lambda: source.read(CHUNK), b""), max_bytes=max_bytes)
+
+    def stage_path(self, path: Path, *, max_bytes: int | None = None) -> StagedBlob:
+        with Path(path).open("rb") as source:
+            return self.stage_file(source, max_bytes=max_bytes)
+
+    def place(self, staged: StagedBlob) -> BlobInfo:
+        """Move a staged blob under its sha256 name. Call it inside `references()`."""
+        final = self.path(staged.sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # Same content, same name: a rename over an existing blob is harmless.
+        os.replace(staged.path, final)
+        _fsync_dir(final.parent)
+        return BlobInfo(sha256=staged.sha256, size=staged.size, path=final)
+
+    def discard(self, staged: StagedBlob) -> None:
+        """Remove a staged blob that will not be placed (harmless once it was placed)."""
+        staged.path.unlink(missing_ok=True)
+
+    def _put(self, staged: StagedBlob) -> BlobInfo:
+        try:
+            with self.references():
+                return self.place(staged)
+        finally:
+            self.discard(staged)
+
+    def put_chunks(self, chunks: Iterable[bytes], *, max_bytes: int | None = None) -> BlobInfo:
+        """Store an iterable of byte chunks in place at once (for callers with no upload to reject)."""
+        return self._put(self.stage_chunks(chunks, max_bytes=max_bytes))
+
+    async def put_async_chunks(
+        self, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None
+    ) -> BlobInfo:
+        """Like `put_chunks` for an async stream."""
+        return self._put(await self.stage_async_chunks(chunks, max_bytes=max_bytes))
+
     def put_file(self, source: BinaryIO, *, max_bytes: int | None = None) -> BlobInfo:
-        """Store a readable binary file object, read in 1 MiB chunks."""
-        return self.put_chunks(iter(lambda: source.read(CHUNK), b""), max_bytes=max_bytes)
+        """Store a readable binary file object in place, read in 1 MiB chunks."""
+        return self._put(self.stage_file(source, max_bytes=max_bytes))
 
     def put_path(self, path: Path, *, max_bytes: int | None = None) -> BlobInfo:
-        with Path(path).open("rb") as source:
-            return self.put_file(source, max_bytes=max_bytes)
+        return self._put(self.stage_path(path, max_bytes=max_bytes))
 
     def delete(self, sha256: str) -> None:
+        """Remove a blob. Call it inside `references()`, after checking that nothing uses it."""
         self.path(sha256).unlink(missing_ok=True)

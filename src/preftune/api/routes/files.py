@@ -72,8 +72,9 @@ async def upload_file(
 
     # Starlette has spooled the part to a temporary file; copy it to the blob store in 1 MiB chunks in a
     # worker thread, so neither the copy nor its fsync blocks the event loop serving other requests.
+    # Staged, not yet in place: the service places it only if it accepts the upload.
     await file.seek(0)
-    blob = await run_in_threadpool(blobs.put_file, file.file, max_bytes=limit)
+    blob = await run_in_threadpool(blobs.stage_file, file.file, max_bytes=limit)
 
     def record() -> schemas.FileObject:
         # Validation streams through the file and may take a while: off the event loop.
@@ -82,6 +83,7 @@ async def upload_file(
                 session,
                 caller.owner_id,
                 blob,
+                blobs=blobs,
                 filename=file.filename or "upload.jsonl",
                 purpose=purpose,
                 name=name,
@@ -89,7 +91,11 @@ async def upload_file(
             )
             return presenters.file_object(row)
 
-    return await run_in_threadpool(record)
+    try:
+        return await run_in_threadpool(record)
+    finally:
+        # `create_file` disposes of the staged blob; this covers a request cancelled before it ran.
+        blobs.discard(blob)
 
 
 @router.get("/files", response_model=schemas.ListResponse[schemas.FileObject], summary="List your files")
