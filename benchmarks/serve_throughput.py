@@ -64,7 +64,7 @@ QUESTIONS = [
     "Suggest a name for a grey cat.",
     "What is the boiling point of water at sea level?",
 ]
-SINGLES = 5  # warm single requests measured for the target's reference
+SINGLES = len(QUESTIONS)  # warm single requests measured for the target's reference (their median)
 WARM_UP = "Hello! Who are you?"  # asked by no client: warms the server without caching their questions
 
 
@@ -143,6 +143,51 @@ async def preftune(
     return summarise([r[0] for r in results], sum(r[1] for r in results), time.perf_counter() - start)
 
 
+def _uncached(prompt: list[int], cached: list[int], block: int) -> list[int]:
+    """The part of `prompt` a warm server must still prefill: all but the whole blocks it shares with `cached`."""
+    shared = 0
+    for a, b in zip(prompt, cached, strict=False):
+        if a != b:
+            break
+        shared += 1
+    shared = min(shared // block * block, len(prompt) - 1)  # the last token is always computed
+    return prompt[shared:]
+
+
+def forward_seconds(model: Any, tokens: list[int], repeats: int = 5) -> float:
+    """Median time of one forward over `tokens` as a single unpadded row, last position's logits only."""
+    ids = torch.tensor([tokens])
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            model(ids, logits_to_keep=1)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])  # the first call pays first-call costs
+
+
+def median_floor(model: Any, suffixes: list[list[int]]) -> dict[str, Any]:
+    """The least time any schedule needs before the median request of a burst has its first token.
+
+    The median of n first-token times is the mean of the sorted values at ranks n//2 and n//2+1 (or
+    the middle one): the k-th first token cannot come before k prompts are prefilled, and the
+    cheapest way to prefill any k of them is one forward over the k shortest uncached parts with no
+    padding. That forward is timed here without even the attention to the cached prefix, and with no
+    sampling, streaming or scheduling: it is below what any engine with fp32 weights can do on this
+    machine.
+    """
+    n = len(suffixes)
+    ranks = [n // 2 + 1] if n % 2 else [n // 2, n // 2 + 1]
+    shortest = sorted(suffixes, key=len)
+    times = {k: forward_seconds(model, [t for s in shortest[:k] for t in s]) for k in ranks}
+    return {
+        "clients": n,
+        "ranks": ranks,
+        "tokens": {k: sum(len(s) for s in shortest[:k]) for k in ranks},
+        "seconds": statistics.mean(times.values()),
+    }
+
+
 def _hit_tokens(engine: LocalEngine) -> int:
     """Prompt tokens the engine's prefix cache has spared so far (one model loaded)."""
     return int(next(iter(engine.stats().values()))["prefix_cache"]["hit_tokens"])
@@ -180,12 +225,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # Warm both paths once so neither pays first-call costs inside the measurement; preftune's
         # prefix cache then holds the warm-up prompt only (see the module docstring).
         baseline(model, [render_prompt(tokenizer, warm_up[0])], 4)
-        await engine.clear_prefix_caches()
-        await preftune(engine, target, warm_up, 4)
         base = baseline(model, prompts, args.new_tokens)
-        hits_before = _hit_tokens(engine)
-        ours = await preftune(engine, target, conversations, args.new_tokens)
-        prefilled = sum(len(p) for p in prompts) - (_hit_tokens(engine) - hits_before)
+        # One burst is one noisy sample on a shared 2-core machine: repeat preftune's side (seconds,
+        # where the baseline's takes minutes), each time from the same starting state, and keep the
+        # burst with the median time to first token.
+        bursts = []
+        for _ in range(args.repeats):
+            await engine.clear_prefix_caches()
+            await preftune(engine, target, warm_up, 4)
+            hits_before = _hit_tokens(engine)
+            result = await preftune(engine, target, conversations, args.new_tokens)
+            result["prefilled"] = sum(len(p) for p in prompts) - (_hit_tokens(engine) - hits_before)
+            bursts.append(result)
+        bursts.sort(key=lambda r: r["ttft_p50_s"])
+        ours: dict[str, Any] = {
+            **bursts[(len(bursts) - 1) // 2],
+            "ttft_p50_s_all": [r["ttft_p50_s"] for r in bursts],
+        }
+        prefilled = int(ours.pop("prefilled"))
         rows.append(
             {
                 "clients": clients,
@@ -198,6 +255,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         print(json.dumps(rows[-1]), flush=True)
     await engine.stop()
+    # The compute floor of the largest row's median time to first token (see `median_floor`), next to
+    # the same kind of forward for one lone request's uncached part.
+    cached = render_prompt(tokenizer, warm_up[0])
+    block = worker.prefix_block_size
+    top_clients = max(args.clients)
+    top_prompts = [
+        render_prompt(tokenizer, [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}])
+        for i in range(top_clients)
+    ]
+    floor = median_floor(model, [_uncached(p, cached, block) for p in top_prompts])
+    lone = [
+        _uncached(render_prompt(tokenizer, [{"role": "user", "content": q}]), cached, block)
+        for q in QUESTIONS[:SINGLES]
+    ]
+    floor["lone_forward_s"] = statistics.median(forward_seconds(model, s) for s in lone)
+    floor["lone_tokens"] = statistics.median(len(s) for s in lone)
+    print(json.dumps({"median_floor": floor}), flush=True)
     single = next((r for r in rows if r["clients"] == 1), rows[0])
     return {
         "model": args.model,
@@ -206,6 +280,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "prefill_token_budget": worker.prefill_token_budget,
         "prefix_block_size": worker.prefix_block_size,
         "single_request_ttft_s": statistics.median(singles),
+        "median_floor": floor,
+        "repeats": args.repeats,
         "single_request_ttfts_s": singles,
         "cold_ttft_s": cold["ttft_p50_s"],
         "baseline_single_ttft_s": single["baseline"]["ttft_p50_s"],
@@ -227,7 +303,9 @@ def markdown(result: dict[str, Any], command: str, notes: str) -> str:
         f"{result['prefix_block_size']}-token blocks, prefill groups of at most "
         f"{result['prefill_token_budget']} padded prompt tokens), same process. Before each row the "
         "prefix cache is emptied and one warm-up request is answered whose question no client asks, so "
-        "only the chat template's shared beginning (the default system prompt) is cached.",
+        "only the chat template's shared beginning (the default system prompt) is cached. preftune's "
+        f"burst is run {result.get('repeats', 1)} times per row, each from that state; the table shows the "
+        "burst with the median TTFT p50 (all p50s below the table).",
         "",
         "| clients | baseline tok/s | baseline TTFT p50 / p99 (s) | preftune tok/s | preftune TTFT p50 / p99 (s) "
         "| tok/s ratio | prompt tokens prefilled by preftune |",
@@ -240,6 +318,15 @@ def markdown(result: dict[str, Any], command: str, notes: str) -> str:
             f"| {p['tokens_per_s']:.1f} | {p['ttft_p50_s']:.3f} / {p['ttft_p99_s']:.3f} | {row['ratio']:.2f}x "
             f"| {row['prefilled_tokens']} of {row['prompt_tokens']} |"
         )
+    lines += [
+        "",
+        "TTFT p50 of every burst: "
+        + "; ".join(
+            f"{row['clients']} clients: {', '.join(f'{t:.3f}' for t in row['preftune']['ttft_p50_s_all'])} s"
+            for row in result["rows"]
+        )
+        + ".",
+    ]
     top = max(result["rows"], key=lambda r: r["clients"])
     ttft, single = top["preftune"]["ttft_p50_s"], result["single_request_ttft_s"]
     lines += [
@@ -256,6 +343,25 @@ def markdown(result: dict[str, Any], command: str, notes: str) -> str:
         f"{ttft / single:.2f}x the single request's {single:.3f} s (target under 2x, {2 * single:.3f} s: "
         f"{'met' if ttft < 2 * single else 'NOT met'}).",
     ]
+    floor = result.get("median_floor")
+    if floor:
+        ranks = " and ".join(str(k) for k in floor["ranks"])
+        tokens = " and ".join(str(t) for t in floor["tokens"].values())
+        lines += [
+            "",
+            f"Compute floor of that median: the {ranks}-th first tokens of {floor['clients']} cannot come "
+            f"before as many prompts are prefilled. One forward over the shortest uncached prompt parts "
+            f"({tokens} tokens, one unpadded row, no attention to the cached prefix, no sampling) takes "
+            f"{floor['seconds']:.3f} s here, {floor['seconds'] / single:.2f}x the single request's time to "
+            f"first token (the same forward over one lone request's {floor['lone_tokens']:.0f} uncached tokens: "
+            f"{floor['lone_forward_s']:.3f} s). "
+            + (
+                "No schedule can bring the median under 2x on this machine with fp32 weights: prefill "
+                "here is compute-bound, so 8 prompts cost several times one."
+                if floor["seconds"] >= 2 * single
+                else "The floor is under 2x: a better schedule could meet the target."
+            ),
+        ]
     if notes.strip():
         lines += ["", notes.strip()]
     lines += ["", f"Command: `{command}`", END]
@@ -280,6 +386,9 @@ def main() -> None:
     parser.add_argument("--models-dir", default=None, help="default: PREFTUNE_HOME/models")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="bursts per row on preftune's side; the median one is reported"
+    )
     parser.add_argument(
         "--prefill-token-budget", type=int, default=0, help="engine setting (default: the engine's own)"
     )

@@ -29,13 +29,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 ORCA = ROOT.parent / "shared" / "data" / "orca_dpo_pairs" / "orca_dpo_pairs.jsonl"
 MODEL = "smollm2-135m-instruct"
-KNOBS = {
+KNOBS: dict[str, Any] = {
     "lora_r": 16,
     "lora_alpha": 32,
     "batch_size": 8,
@@ -309,7 +310,12 @@ def main() -> None:
         for key in ("model_dir", "data"):
             if key in wargs:
                 wargs[key] = Path(wargs[key])
-        fn = {"trl": worker_trl, "preftune": worker_preftune, "matmul": worker_matmul_peak}[args.worker]
+        workers: dict[str, Callable[..., dict[str, Any]]] = {
+            "trl": worker_trl,
+            "preftune": worker_preftune,
+            "matmul": worker_matmul_peak,
+        }
+        fn = workers[args.worker]
         print(json.dumps(fn(**wargs)))
         return
 
