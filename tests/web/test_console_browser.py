@@ -250,3 +250,43 @@ def test_a_second_owner_cannot_see_the_first_owners_work(
     page.get_by_label("API key").wait_for()
     assert "not accepted" in page.get_by_role("alert").first.inner_text()
     expect(page.get_by_role("navigation", name="Main")).to_be_hidden()
+
+
+def test_an_upload_retried_after_a_lost_answer_makes_one_file(
+    page: Any, server: Any, sign_in: SignIn, orca_path: Path, tmp_path: Path
+) -> None:
+    data = _small_orca(orca_path, tmp_path, 6)
+    upload = data.with_name("retried-upload.jsonl")
+    data.rename(upload)
+    keys: list[str | None] = []
+
+    def lose_first_answer(route: Any) -> None:
+        # The first upload reaches the server but its answer never reaches the page (a dropped
+        # connection). Playwright cannot forward an XHR's file body (route.fetch() sends it empty),
+        # so the server gets this attempt as the console sends it (same form, same headers) from here.
+        headers = route.request.headers
+        keys.append(headers.get("idempotency-key"))
+        if len(keys) > 1:
+            route.continue_()
+            return
+        sent = {"Authorization": headers["authorization"]}
+        if headers.get("idempotency-key"):
+            sent["Idempotency-Key"] = headers["idempotency-key"]
+        with server.api() as api, upload.open("rb") as fh:
+            stored = api.post(
+                "/files", data={"purpose": "fine-tune"}, files={"file": (upload.name, fh)}, headers=sent
+            )
+        assert stored.status_code == 200, stored.text
+        route.abort("connectionreset")
+
+    sign_in(page)
+    page.route("**/v1/files", lose_first_answer)
+    page.goto("/#/datasets/new")
+    page.get_by_label("Dataset file").set_input_files(str(upload))
+    page.get_by_role("button", name="Upload and validate").click()
+    page.get_by_role("button", name="Try again").click()
+    page.get_by_role("region", name="Validation report").wait_for()
+    assert len(keys) == 2 and keys[0] and keys[0] == keys[1], keys
+    with server.api() as api:
+        files = api.get("/files", params={"limit": 1000}).json()["data"]
+    assert [f["filename"] for f in files].count(upload.name) == 1

@@ -96,8 +96,20 @@ export async function listAll(path, { max = 1000 } = {}) {
   return items;
 }
 
-/** Upload a file with progress (fetch has no upload progress; XMLHttpRequest does). */
-export function uploadFile(file, { name, onProgress }) {
+/**
+ * A fresh Idempotency-Key for one user action (a create or an upload). Like the SDK, every attempt of
+ * that action sends the same key, so a double submit or a retry after a lost answer makes one resource.
+ */
+export function newIdempotencyKey() {
+  if (window.crypto && crypto.randomUUID) return `console-${crypto.randomUUID()}`;
+  return `console-${Date.now()}-${Math.random().toString(16).slice(2)}`;
+}
+
+/**
+ * Upload a file with progress (fetch has no upload progress; XMLHttpRequest does). Pass the action's
+ * `idempotencyKey` again when retrying it; without one, the upload gets a key of its own.
+ */
+export function uploadFile(file, { name, onProgress, idempotencyKey = newIdempotencyKey() }) {
   return new Promise((resolve, reject) => {
     const form = new FormData();
     form.append("purpose", "fine-tune");
@@ -107,6 +119,7 @@ export function uploadFile(file, { name, onProgress }) {
     xhr.open("POST", "/v1/files");
     const key = getKey();
     if (key) xhr.setRequestHeader("Authorization", `Bearer ${key}`);
+    xhr.setRequestHeader("Idempotency-Key", idempotencyKey);
     xhr.upload.onprogress = (e) => {
       if (e.lengthComputable && onProgress) onProgress(e.loaded / e.total);
     };

@@ -1,7 +1,7 @@
 // Datasets: the list, the "Create dataset" wizard (upload -> validation report) and a dataset's page
 // (report, token-length histograms, preview of pairs with their differences highlighted).
 
-import { api, download, listAll, readHead, uploadFile } from "../api.js";
+import { api, download, listAll, newIdempotencyKey, readHead, uploadFile } from "../api.js";
 import { bytesToText, normalise, parseRecords } from "../examples.js";
 import { badge, confirmAction, errorBox, flash, fmtBytes, fmtTime, h, nextId } from "../ui.js";
 
@@ -80,6 +80,8 @@ export function renderWizard(main) {
     const nameId = nextId("name");
     const modelId = nextId("model");
     let chosen = null;
+    // One key per form: a double submit, or "Try again" after a lost answer, is the same upload.
+    const idempotencyKey = newIdempotencyKey();
     const picked = h("p.muted", { "aria-live": "polite" }, "No file chosen yet.");
     const input = h("input", { id: fileId, type: "file", accept: ".jsonl,.json,.gz,.jsonl.gz,application/json" });
     const name = h("input", { id: nameId, type: "text", placeholder: "optional, e.g. support-prefs-v1" , pattern: "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?" });
@@ -118,12 +120,12 @@ export function renderWizard(main) {
       next);
     form.addEventListener("submit", (e) => {
       e.preventDefault();
-      if (chosen) uploadStep(chosen, name.value.trim(), model.value);
+      if (chosen) uploadStep(chosen, name.value.trim(), model.value, idempotencyKey);
     });
     content.replaceChildren(form);
   }
 
-  async function uploadStep(file, name, model) {
+  async function uploadStep(file, name, model, idempotencyKey) {
     setStep(1);
     const bar = h("progress", { max: 100, value: 0, "aria-label": "Upload progress" });
     const label = h("span", "0%");
@@ -133,6 +135,7 @@ export function renderWizard(main) {
     try {
       created = await uploadFile(file, {
         name: name || undefined,
+        idempotencyKey,
         onProgress: (p) => {
           bar.value = Math.round(p * 100);
           label.textContent = `${Math.round(p * 100)}%`;
@@ -140,8 +143,13 @@ export function renderWizard(main) {
         },
       });
     } catch (err) {
-      content.replaceChildren(errorBox(err, `Upload of ${file.name} failed`),
-        h("button", { type: "button", onclick: () => { setStep(0); chooseStep(); } }, "Choose another file"));
+      // Lost on the way (no answer, or a server error): the server may have the file already, so a
+      // retry sends the same key and gets that file back rather than a second one.
+      const retryable = !err.status || err.status >= 500;
+      content.replaceChildren(errorBox(err, `Upload of ${file.name} failed`), h("div.row",
+        retryable ? h("button.primary", { type: "button", onclick: () => uploadStep(file, name, model, idempotencyKey) },
+          "Try again") : null,
+        h("button", { type: "button", onclick: () => { setStep(0); chooseStep(); } }, "Choose another file")));
       return;
     }
     setStep(2);

@@ -1,7 +1,7 @@
 // Jobs: the list with status and progress, and the create form built from the server's TrainingSpec
 // schema (GET /v1/fine-tunes/spec), so defaults, ranges and help text are never repeated here.
 
-import { api, listAll } from "../api.js";
+import { api, listAll, newIdempotencyKey } from "../api.js";
 import { badge, errorBox, fmtDuration, fmtTime, h, nextId, poll } from "../ui.js";
 
 export const ACTIVE = new Set(["pending", "queued", "running", "cancel_requested"]);
@@ -158,11 +158,6 @@ function knob(name, prop) {
     else input.removeAttribute("aria-invalid");
   }
   return { el, read, set, mark, input };
-}
-
-function newIdempotencyKey() {
-  if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
-  return `console-${Date.now()}-${Math.random().toString(16).slice(2)}`;
 }
 
 export function renderCreate(main, { query }) {
