@@ -9,12 +9,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from preftune.inference.batch import ModelWorker, Sequence, WorkerConfig
+from helpers.generation import MAX_NEW, chat_prompt, drain, reference, streamed_text, submit
+from preftune.inference.batch import ModelWorker, WorkerConfig
 from preftune.inference.prefix_cache import PrefixCache
-from preftune.inference.prompts import render_prompt
-from preftune.inference.types import Finished, SamplingParams, StreamEvent, TextDelta
-
-GREEDY = SamplingParams(temperature=0.0)
+from preftune.inference.types import Finished
 
 
 def _kv(tokens: int, fill: float = 0.0) -> torch.Tensor:
@@ -62,46 +60,16 @@ def test_memory_is_bounded_and_least_recently_used_chains_go_first() -> None:
     assert PrefixCache(block_size=2, capacity_bytes=0).lookup("base", [1, 2, 3], limit=2) == (0, None)
 
 
-def _submit(
-    worker: ModelWorker, text: str, adapter: Path | None = None, max_new: int = 10
-) -> tuple[Sequence, list[StreamEvent]]:
-    events: list[StreamEvent] = []
-    prompt = render_prompt(worker.tokenizer, [{"role": "user", "content": text}])
-    seq = worker.new_sequence(prompt, GREEDY, max_new, adapter, events.append)
-    worker.submit(seq)
-    return seq, events
-
-
-def _drain(worker: ModelWorker) -> None:
-    for _ in range(10_000):
-        if not worker.has_work():
-            return
-        worker.step()
-    raise AssertionError("worker never finished")
-
-
-def _reference(model: torch.nn.Module, prompt: list[int], max_new: int, eos: list[int]) -> list[int]:
-    out = model.generate(  # type: ignore[operator]
-        torch.tensor([prompt]),
-        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-        max_new_tokens=max_new,
-        do_sample=False,
-        eos_token_id=eos,
-        pad_token_id=eos[0],
-    )
-    return out[0, len(prompt) :].tolist()
-
-
 def test_cache_hits_give_exactly_the_answers_of_a_cold_prefill(lively_model_dir: Path) -> None:
     worker = ModelWorker(lively_model_dir, torch.device("cpu"), WorkerConfig(prefix_block_size=4))
     cold = ModelWorker(lively_model_dir, torch.device("cpu"), WorkerConfig(prefix_cache_mb=0))
-    first, _ = _submit(worker, "hello there")
-    _drain(worker)
+    first, _ = submit(worker, "hello there")
+    drain(worker)
     assert worker.prefix_cache.stats.hits == 0 and len(worker.prefix_cache) > 0
     # The chat template's system prompt is shared by every prompt; the same question again shares all of it.
     texts = ["what is 2+2?", "hello there", "a much longer prompt that talks about many different things"]
-    runs = [_submit(worker, text) for text in texts]
-    _drain(worker)
+    runs = [submit(worker, text) for text in texts]
+    drain(worker)
     stats = worker.prefix_cache.stats
     common = next(
         i for i, (a, b) in enumerate(zip(first.prompt_ids, runs[0][0].prompt_ids, strict=False)) if a != b
@@ -109,13 +77,12 @@ def test_cache_hits_give_exactly_the_answers_of_a_cold_prefill(lively_model_dir:
     assert common >= 8 and stats.hits == 3
     # Every prompt reuses at least the shared template; the repeated one all but its last block.
     assert stats.hit_tokens >= 2 * (common // 4 * 4) + (len(first.prompt_ids) - 1) // 4 * 4
-    cold_runs = [_submit(cold, text) for text in texts]
-    _drain(cold)
+    cold_runs = [submit(cold, text) for text in texts]
+    drain(cold)
     eos = sorted(worker.eos_ids)
     for (seq, events), (cold_seq, _) in zip(runs, cold_runs, strict=True):
-        assert seq.generated == cold_seq.generated == _reference(worker.model, seq.prompt_ids, 10, eos)
-        text = "".join(e.text for e in events if isinstance(e, TextDelta))
-        assert text == worker.tokenizer.decode(seq.generated, skip_special_tokens=True)
+        assert seq.generated == cold_seq.generated == reference(worker.model, seq.prompt_ids, MAX_NEW, eos)
+        assert streamed_text(events) == worker.tokenizer.decode(seq.generated, skip_special_tokens=True)
         assert isinstance(events[-1], Finished) and events[-1].prompt_tokens == len(seq.prompt_ids)
     assert cold.prefix_cache.stats.hits == 0 and len(cold.prefix_cache) == 0
 
@@ -126,14 +93,14 @@ def test_adapters_never_share_cached_prefixes_with_the_base_or_each_other(
     worker = ModelWorker(lively_model_dir, torch.device("cpu"), WorkerConfig())
     # Load both adapters (and the base) with a first request each, so every namespace exists.
     for adapter in [None, *adapter_dirs]:
-        _submit(worker, "warm up", adapter, max_new=1)
-    _drain(worker)
+        submit(worker, "warm up", adapter=adapter, max_new=1)
+    drain(worker)
     cache = worker.prefix_cache
     question = "tell me a story"
     # The base model has seen this prompt; each adapter has seen only its warm-up prompt.
-    _submit(worker, question, None, max_new=1)
-    _drain(worker)
-    prompt = render_prompt(worker.tokenizer, [{"role": "user", "content": question}])
+    submit(worker, question, max_new=1)
+    drain(worker)
+    prompt = chat_prompt(worker, question)
     base_hit = cache.cached_length(worker.adapters.peek(None) or "", prompt, len(prompt) - 1)
     names = [worker.adapters.peek(a) or "" for a in adapter_dirs]
     shared = [cache.cached_length(name, prompt, len(prompt) - 1) for name in names]
@@ -141,28 +108,30 @@ def test_adapters_never_share_cached_prefixes_with_the_base_or_each_other(
     eos = sorted(worker.eos_ids)
     for adapter, name in zip(adapter_dirs, names, strict=True):
         hits_before = cache.stats.hit_tokens
-        miss, _ = _submit(worker, question, adapter)  # reuses only this adapter's own system prompt
-        _drain(worker)
+        miss, _ = submit(worker, question, adapter=adapter)  # reuses only this adapter's own system prompt
+        drain(worker)
         assert cache.stats.hit_tokens - hits_before == max(shared)
         assert cache.cached_length(name, prompt, len(prompt) - 1) == (len(prompt) - 1) // 8 * 8
-        hit, _ = _submit(worker, question, adapter)  # now the whole prompt but its last block is cached
-        _drain(worker)
-        reference = PeftModel.from_pretrained(
+        hit, _ = submit(
+            worker, question, adapter=adapter
+        )  # now the whole prompt but its last block is cached
+        drain(worker)
+        adapted = PeftModel.from_pretrained(
             AutoModelForCausalLM.from_pretrained(str(lively_model_dir), dtype=torch.float32), str(adapter)
         )
-        expected = _reference(reference, prompt, 10, eos)
+        expected = reference(adapted, prompt, MAX_NEW, eos)
         assert miss.generated == hit.generated == expected
-    base_answer, _ = _submit(worker, question)
-    _drain(worker)
+    base_answer, _ = submit(worker, question)
+    drain(worker)
     base = AutoModelForCausalLM.from_pretrained(str(lively_model_dir), dtype=torch.float32)
-    assert base_answer.generated == _reference(base, prompt, 10, eos)
+    assert base_answer.generated == reference(base, prompt, MAX_NEW, eos)
     assert base_answer.generated != expected  # the adapter really changes the answer (and so the KV)
 
 
 def test_a_burst_is_prefilled_in_groups_that_stream_before_the_rest(lively_model_dir: Path) -> None:
     config = WorkerConfig(prefill_token_budget=64, prefix_cache_mb=0)
     worker = ModelWorker(lively_model_dir, torch.device("cpu"), config)
-    runs = [_submit(worker, f"question number {i}") for i in range(6)]
+    runs = [submit(worker, f"question number {i}") for i in range(6)]
     longest = max(len(seq.prompt_ids) for seq, _ in runs)
     assert 2 * longest > 64 >= longest  # one request a group, with this budget
     worker.step()
@@ -171,18 +140,18 @@ def test_a_burst_is_prefilled_in_groups_that_stream_before_the_rest(lively_model
     worker.step()
     assert [bool(seq.generated) for seq, _ in runs][:2] == [True, True]
     assert len(runs[0][0].generated) == 3  # decode steps for the running sequence went on meanwhile
-    _drain(worker)
+    drain(worker)
     eos = sorted(worker.eos_ids)
     for seq, _ in runs:
-        assert seq.generated == _reference(worker.model, seq.prompt_ids, 10, eos)
+        assert seq.generated == reference(worker.model, seq.prompt_ids, MAX_NEW, eos)
 
 
 def test_an_idle_worker_waits_for_a_burst_to_finish_arriving(tiny_model_dir: Path) -> None:
     worker = ModelWorker(tiny_model_dir, torch.device("cpu"), WorkerConfig())
     assert worker.settle_time(quiet=1.0, longest=5.0) == 0.0  # nothing waiting
-    first, _ = _submit(worker, "one")
+    first, _ = submit(worker, "one")
     assert 0.9 < worker.settle_time(quiet=1.0, longest=5.0) <= 1.0
-    second, _ = _submit(worker, "two")
+    second, _ = submit(worker, "two")
     first.arrived -= 0.8  # the first came 0.8 s before the second: wait for the quiet gap after the latest
     assert 0.9 < worker.settle_time(quiet=1.0, longest=5.0) <= 1.0
     assert (
@@ -192,6 +161,6 @@ def test_an_idle_worker_waits_for_a_burst_to_finish_arriving(tiny_model_dir: Pat
     assert worker.settle_time(quiet=1.0, longest=5.0) == 0.0
     first.arrived = second.arrived = 0.0
     worker.step()  # admitted and prefilled: a running batch never waits for more arrivals
-    _submit(worker, "three")
+    submit(worker, "three")
     assert worker.running and worker.settle_time(quiet=1.0, longest=5.0) == 0.0
-    _drain(worker)
+    drain(worker)
