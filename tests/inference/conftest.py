@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,15 +118,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def live_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[LiveServer]:
+@contextmanager
+def _serve(home: Path, model_dir: Path) -> Iterator[LiveServer]:
+    """Serve the real app with `model_dir` as the base model `tiny-llama`, with one owner's key."""
     import uvicorn
 
     from preftune.api.app import create_app
     from preftune.service import keys as key_service
 
-    settings = Settings(home=tmp_path_factory.mktemp("live") / "home", adapter_cache_size=2)
-    shutil.copytree(tiny_model_dir, settings.models_dir / "tiny-llama")
+    settings = Settings(home=home, adapter_cache_size=2)
+    shutil.copytree(model_dir, settings.models_dir / "tiny-llama")
     app = create_app(settings)
     port = _free_port()
     server = uvicorn.Server(
@@ -146,3 +148,19 @@ def live_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) 
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[LiveServer]:
+    """The server on the tiny model: every prompt gets the same answer, and it never ends early
+    (good for lengths, limits and disconnects; useless for telling two answers apart)."""
+    with _serve(tmp_path_factory.mktemp("live") / "home", tiny_model_dir) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def lively_server(tmp_path_factory: pytest.TempPathFactory, lively_model_dir: Path) -> Iterator[LiveServer]:
+    """The server on the lively model (still named `tiny-llama`), whose answers depend on the prompt:
+    for tests that compare two answers (streamed or not, base or adapter, CLI or SDK)."""
+    with _serve(tmp_path_factory.mktemp("lively-live") / "home", lively_model_dir) as server:
+        yield server

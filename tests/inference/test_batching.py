@@ -93,8 +93,9 @@ def test_bad_adapter_fails_only_its_request(tiny_model_dir: Path, tmp_path: Path
     assert isinstance(good_events[-1], Finished) and good_events[-1].reason == "length"
 
 
-def test_seeded_sampling_does_not_depend_on_batch_neighbours(tiny_model_dir: Path) -> None:
-    worker = ModelWorker(tiny_model_dir, torch.device("cpu"), WorkerConfig())
+def test_seeded_sampling_does_not_depend_on_batch_neighbours(lively_model_dir: Path) -> None:
+    # The lively model: a neighbour leaking into this sequence's KV would change what it samples from.
+    worker = ModelWorker(lively_model_dir, torch.device("cpu"), WorkerConfig())
     params = SamplingParams(temperature=1.0, top_p=0.9, seed=1234)
     alone, _ = submit(worker, "hello there", params)
     drain(worker)

@@ -1,4 +1,7 @@
-"""`preftune chat`, `preftune deployments` and the SDK's chat/deployments resources against the real server."""
+"""`preftune chat`, `preftune deployments` and the SDK's chat/deployments resources against the real server.
+
+The server runs the lively model, whose answers depend on the prompt, so comparing two answers
+(whole and streamed, CLI and SDK, before and after /reset, base and adapter) can catch a mix-up."""
 
 from __future__ import annotations
 
@@ -18,10 +21,10 @@ from preftune.client.deployments import Deployments
 
 
 @pytest.fixture
-def cli_env(live_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("PREFTUNE_BASE_URL", live_server.base_url)
-    monkeypatch.setenv("PREFTUNE_API_KEY", live_server.api_key)
-    return live_server
+def cli_env(lively_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("PREFTUNE_BASE_URL", lively_server.base_url)
+    monkeypatch.setenv("PREFTUNE_API_KEY", lively_server.api_key)
+    return lively_server
 
 
 @pytest.fixture
@@ -43,6 +46,9 @@ def test_sdk_chat_whole_and_streamed_agree(sdk: tuple[Chat, Deployments]) -> Non
     assert "".join(chat.stream_text("tiny-llama", HELLO, max_tokens=6, temperature=0)) == answer.text
     chunks = list(chat.stream("tiny-llama", HELLO, max_tokens=6, temperature=0))
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+    # Another prompt, another answer: the agreement above is not one answer for everything.
+    other = chat.create("tiny-llama", [{"role": "user", "content": "goodbye"}], max_tokens=6, temperature=0)
+    assert other.text != answer.text
 
 
 def test_cli_one_shot_prints_the_answer(cli_env: Any, sdk: tuple[Chat, Deployments]) -> None:
@@ -66,6 +72,7 @@ def test_cli_interactive_keeps_history_and_resets(cli_env: Any) -> None:
         line.split("tiny-llama>", 1)[1] for line in result.output.splitlines() if "tiny-llama>" in line
     ]
     assert len(answers) == 3
+    assert answers[1] != answers[0]  # the second turn is answered in the light of the first
     assert answers[0] == answers[2]  # after /reset the same first question gets the same (greedy) answer
 
 

@@ -1,5 +1,9 @@
 """The official `openai` client, unchanged, against the real server: base and fine-tuned models,
-plain and streaming, usage counts, errors."""
+plain and streaming, usage counts, errors.
+
+The server runs the lively model, whose answers depend on the prompt: these tests compare answers
+(streamed and not, base and adapter, merged and adapter), which a model answering everything alike
+would let a mix-up pass."""
 
 from __future__ import annotations
 
@@ -19,18 +23,21 @@ MESSAGES: list[Any] = [
 
 
 @pytest.fixture(scope="session")
-def client(live_server: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live_server.base_url}/v1", api_key=live_server.api_key, max_retries=0)
+def client(lively_server: Any) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"{lively_server.base_url}/v1", api_key=lively_server.api_key, max_retries=0
+    )
 
 
 @pytest.fixture(scope="session")
-def tuned(live_server: Any, adapter_dirs: list[Path]) -> str:
-    return str(live_server.register_fine_tune(adapter_dirs[0], suffix="colours"))
+def tuned(lively_server: Any, adapter_dirs: list[Path]) -> str:
+    # The adapters were made for the tiny model; the lively one has the same shapes.
+    return str(lively_server.register_fine_tune(adapter_dirs[0], suffix="colours"))
 
 
-def _ask(client: openai.OpenAI, model: str, **kwargs: Any) -> Any:
+def _ask(client: openai.OpenAI, model: str, messages: list[Any] = MESSAGES, **kwargs: Any) -> Any:
     return client.chat.completions.create(
-        model=model, messages=MESSAGES, max_tokens=8, temperature=0, **kwargs
+        model=model, messages=messages, max_tokens=8, temperature=0, **kwargs
     )
 
 
@@ -54,13 +61,13 @@ def _stream_text(client: openai.OpenAI, model: str) -> tuple[str, str | None, An
 
 
 def test_base_model_plain_and_streaming_agree_with_correct_usage(
-    client: openai.OpenAI, tiny_model_dir: Path
+    client: openai.OpenAI, lively_model_dir: Path
 ) -> None:
     answer = _ask(client, "tiny-llama")
     choice = answer.choices[0]
     assert answer.object == "chat.completion" and answer.model == "tiny-llama"
     assert choice.message.role == "assistant" and choice.finish_reason == "length"
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(lively_model_dir))
     assert answer.usage is not None
     assert answer.usage.prompt_tokens == len(render_prompt(tokenizer, MESSAGES))
     assert answer.usage.completion_tokens == 8
@@ -68,6 +75,9 @@ def test_base_model_plain_and_streaming_agree_with_correct_usage(
     text, finish, usage = _stream_text(client, "tiny-llama")
     assert text == choice.message.content
     assert finish == "length"
+    # Another question gets another answer: the agreement above is not one answer for everything.
+    other = _ask(client, "tiny-llama", [{"role": "user", "content": "Count to ten."}])
+    assert other.choices[0].message.content != text
     assert (
         usage is not None
         and usage.completion_tokens == 8
@@ -85,7 +95,11 @@ def test_fine_tuned_adapter_answers_differently_from_its_base(client: openai.Ope
 
 
 def test_merged_model_answers_like_its_adapter(
-    client: openai.OpenAI, live_server: Any, tiny_model_dir: Path, adapter_dirs: list[Path], tmp_path: Path
+    client: openai.OpenAI,
+    lively_server: Any,
+    lively_model_dir: Path,
+    adapter_dirs: list[Path],
+    tmp_path: Path,
 ) -> None:
     """What `download --artifact merged` gives (a plain transformers model) loads and answers
     exactly like the adapter on its base."""
@@ -94,13 +108,15 @@ def test_merged_model_answers_like_its_adapter(
     from transformers import AutoModelForCausalLM
 
     merged_dir = tmp_path / "merged"
-    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(str(lively_model_dir), dtype=torch.float32)
     PeftModel.from_pretrained(base, str(adapter_dirs[1])).merge_and_unload().save_pretrained(str(merged_dir))
-    AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(str(merged_dir))
-    merged_name = live_server.register_fine_tune(None, merged=merged_dir, suffix="merged")
-    adapter_name = live_server.register_fine_tune(adapter_dirs[1], suffix="adapter")
+    AutoTokenizer.from_pretrained(str(lively_model_dir)).save_pretrained(str(merged_dir))
+    merged_name = lively_server.register_fine_tune(None, merged=merged_dir, suffix="merged")
+    adapter_name = lively_server.register_fine_tune(adapter_dirs[1], suffix="adapter")
     merged = _ask(client, merged_name).choices[0].message.content
     assert merged == _ask(client, adapter_name).choices[0].message.content
+    # Not the base model's answer: the merge really carries the adapter.
+    assert merged != _ask(client, "tiny-llama").choices[0].message.content
 
 
 def test_n_and_seed_give_reproducible_distinct_samples(client: openai.OpenAI) -> None:
@@ -136,5 +152,5 @@ def test_errors_are_openai_exceptions(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         _ask(client, "ft:tiny-llama:none:ftjob-000")
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="tiny-llama", messages=[{"role": "tool", "content": "x"}])  # type: ignore[list-item]
+        client.chat.completions.create(model="tiny-llama", messages=[{"role": "tool", "content": "x"}])  # type: ignore[list-item,misc]
     assert "role" in str(info.value)
