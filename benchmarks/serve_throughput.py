@@ -27,6 +27,7 @@ import platform
 import statistics
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +200,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     load_before = os.getloadavg()[0]
+    started = datetime.now(UTC)
     worker = WorkerConfig()
     if args.prefill_token_budget:
         worker.prefill_token_budget = args.prefill_token_budget
@@ -286,7 +288,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "cold_ttft_s": cold["ttft_p50_s"],
         "baseline_single_ttft_s": single["baseline"]["ttft_p50_s"],
         "single_request_latency_s": single["preftune"]["wall_s"],
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        "machine": f"run {started:%Y-%m-%d %H:%M} to {datetime.now(UTC):%H:%M} UTC, "
+        f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, load average {load_before:.1f} at start and "
         f"{os.getloadavg()[0]:.1f} at end",
     }
