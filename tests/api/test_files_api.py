@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
+
+from fastapi.testclient import TestClient
+
+from preftune.api.app import create_app
+from preftune.config import Settings
+from preftune.store.blobs import BlobStore
 
 GOOD = {
     "input": {"messages": [{"role": "user", "content": "Say hi."}]},
@@ -216,3 +224,12 @@ def test_a_refused_upload_leaves_no_blob_behind(api: Any) -> None:
     assert accepted.status_code == 200
     content_url = f"/v1/files/{accepted.json()['id']}/content"
     assert api.client.get(content_url, headers=api.headers()).content == _jsonl([GOOD] * 5)
+
+
+def test_server_start_removes_uploads_left_half_staged_by_a_dead_process(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home")
+    staged = BlobStore(settings.blobs_dir).stage_chunks([b"half an upload"])  # its process then died
+    old = time.time() - 7 * 3600
+    os.utime(staged.path, (old, old))
+    with TestClient(create_app(settings)):
+        assert not staged.path.exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -88,3 +90,18 @@ def test_a_staged_blob_is_invisible_until_placed_and_discard_leaves_nothing(tmp_
     store.discard(dropped)
     assert not store.exists(dropped.sha256)
     assert [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == [placed.path]
+
+
+def test_sweep_removes_only_stale_staged_uploads(tmp_path: Path) -> None:
+    """A process killed mid-upload leaves a staged file; the sweep removes it, never a live one."""
+    store = BlobStore(tmp_path / "blobs")
+    placed = store.put_chunks(_chunks(2))
+    stale = store.stage_chunks(_chunks(3))  # as if its process died before placing it
+    old = time.time() - 7 * 3600
+    os.utime(stale.path, (old, old))
+    live = store.stage_chunks(_chunks(4))  # an upload still in flight
+    assert store.sweep_staged() == 1
+    assert not stale.path.exists()
+    assert live.path.exists() and placed.path.exists()
+    assert store.sweep_staged() == 0
+    store.discard(live)

@@ -59,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.home.mkdir(parents=True, exist_ok=True)
         app.state.db = open_database(settings)
         app.state.blobs = BlobStore(settings.blobs_dir)
+        if swept := app.state.blobs.sweep_staged():
+            log.info("removed %d staged upload(s) left by a process that died mid-upload", swept)
         started = []
         try:
             for module, _ in modules:

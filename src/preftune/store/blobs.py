@@ -5,6 +5,8 @@ crash never leaves half a file under a real name, and memory stays flat whatever
 
 An upload is *staged* first (written and hashed under `tmp/`, invisible under its sha256 name)
 and *placed* only once the upload is accepted, so a rejected upload has nothing to take back.
+A process killed mid-upload leaves its staged file behind; `sweep_staged` (run when the API
+starts) removes those once they are older than any upload in flight could be.
 Blobs are shared by every file with the same bytes, so placing a blob and recording a reference
 to it, and checking for references and deleting, happen under one lock (`references()`): a
 delete can never slip between an upload placing its bytes and recording that it uses them.
@@ -17,6 +19,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from collections.abc import AsyncIterable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +29,9 @@ from typing import BinaryIO
 from preftune.errors import NotFoundError, PayloadTooLargeError
 
 CHUNK = 1024 * 1024
+# A staged file untouched this long belongs to no upload in flight: uploads write it continuously
+# and place or discard it within the validation that follows (seconds, minutes for the largest).
+STALE_STAGED_SECONDS = 6 * 3600
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -208,6 +214,23 @@ class BlobStore:
 
     def put_path(self, path: Path, *, max_bytes: int | None = None) -> BlobInfo:
         return self._put(self.stage_path(path, max_bytes=max_bytes))
+
+    def sweep_staged(self, older_than_s: float = STALE_STAGED_SECONDS) -> int:
+        """Remove staged files left by uploads whose process died; returns how many were removed.
+
+        Age, not ownership, decides: several processes may share the store, and a file another
+        one is still writing is younger than `older_than_s`.
+        """
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for path in (self.root / "tmp").glob("upload-*.part"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # placed or discarded meanwhile
+                continue
+        return removed
 
     def delete(self, sha256: str) -> None:
         """Remove a blob. Call it inside `references()`, after checking that nothing uses it."""
