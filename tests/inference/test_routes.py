@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -107,15 +108,27 @@ def test_stream_disconnect_stops_generation(live_server: Any) -> None:
 
 def test_non_streaming_disconnect_stops_generation(live_server: Any) -> None:
     payload = {"model": "tiny-llama", "messages": [{"role": "user", "content": "go"}], "max_tokens": 1500}
-    _chat(live_server)  # load the model first, so the timeout below hits generation, not loading
+    _chat(live_server)  # load the model first
     before = _stats(live_server)
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(
-            f"{live_server.base_url}/v1/chat/completions",
-            json=payload,
-            headers=live_server.headers(),
-            timeout=1.0,
-        )
+    url = httpx.URL(live_server.base_url)
+    body = json.dumps(payload).encode()
+    head = "".join(
+        f"{name}: {value}\r\n"
+        for name, value in {
+            **live_server.headers(),
+            "Host": f"{url.host}:{url.port}",
+            "Content-Type": "application/json",
+            "Content-Length": str(len(body)),
+        }.items()
+    )
+    # A raw socket, hung up once the engine is generating this answer: a client timeout instead
+    # would race the tiny model, which can write its 1,500 tokens within a second on a fast machine.
+    with socket.create_connection((url.host, url.port), timeout=30) as sock:
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\n{head}\r\n".encode() + body)
+        deadline = time.monotonic() + 30
+        while _stats(live_server)["tokens_generated"] == before["tokens_generated"]:
+            assert time.monotonic() < deadline, "the request never started generating"
+            time.sleep(0.005)
     stats = _wait_for_cancel(live_server, before["finished"].get("cancelled", 0))
     assert stats["finished"].get("cancelled", 0) == before["finished"].get("cancelled", 0) + 1
     assert stats["running"] == 0
