@@ -97,3 +97,40 @@ def _cmdline(pid: int) -> str:
 
 def _is_spawn(pid: int) -> bool:
     return "multiprocessing.spawn" in _cmdline(pid) and "resource_tracker" not in _cmdline(pid)
+
+
+def test_runners_stop_when_the_server_is_killed_outright(preftune_home: Path) -> None:
+    """SIGKILL gives `preftune serve` no chance to stop its runners: they notice and stop themselves."""
+    port = _free_port()
+    env = os.environ | {"PREFTUNE_HOME": str(preftune_home)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "preftune.cli.main", "serve", "--port", str(port), "--workers", "1"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    runners: list[int] = []
+    try:
+        deadline = time.monotonic() + 300
+        while not runners:  # the API answers and the runner process is there
+            assert server.poll() is None, "the server exited"
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.5)
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/v1/files", timeout=10)
+            except httpx.TransportError:
+                continue
+            runners = [pid for pid in _children(server.pid) if _is_spawn(pid)]
+        server.kill()  # the server process alone: its runners get no signal
+        server.wait(timeout=30)
+        deadline = time.monotonic() + 120
+        while any(_alive(pid) for pid in runners):
+            assert time.monotonic() < deadline, "a runner outlived its killed server by two minutes"
+            time.sleep(0.5)
+    finally:
+        for pid in runners:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)

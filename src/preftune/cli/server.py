@@ -50,7 +50,9 @@ def _start_runners(settings: Any, count: int) -> list[Any]:
     processes = []
     for index in range(count):
         process = context.Process(
-            target=run_runner_process, args=(settings.model_dump(), index), name=f"preftune-runner-{index}"
+            target=run_runner_process,
+            args=(settings.model_dump(), index, os.getpid()),
+            name=f"preftune-runner-{index}",
         )
         process.start()
         processes.append(process)

@@ -37,6 +37,8 @@ CANCEL_POLL_SECONDS = 1.0
 STOP_GRACE_SECONDS = 20.0
 # Wait between looks at an empty queue.
 IDLE_POLL_SECONDS = 1.0
+# How often a runner started by `preftune serve` checks that the server is still alive.
+ORPHAN_POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -330,14 +332,37 @@ def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
-def run_runner_process(settings_data: dict[str, Any], index: int = 0) -> None:
-    """Entry point of a runner process started by `preftune serve` (spawned; settings passed as data)."""
+def stop_when_orphaned(runner: Runner, parent_pid: int, poll_seconds: float = ORPHAN_POLL_SECONDS) -> None:
+    """Stop `runner` once the process `parent_pid` is no longer its parent (it died).
+
+    `preftune serve` stops its runners when it stops, but not when it is killed outright (SIGKILL,
+    the OOM killer): a runner left behind would go on claiming jobs for a server nobody runs, and
+    the next `preftune serve` would start runners beside it. It stops instead, putting a running
+    job back in the queue, where the next server's runners resume it from its last checkpoint.
+    """
+    while not runner.stopping:
+        if os.getppid() != parent_pid:
+            log.warning("runner %s: its server (pid %d) is gone; stopping", runner.runner_id, parent_pid)
+            runner.stop()
+            return
+        time.sleep(poll_seconds)
+
+
+def run_runner_process(settings_data: dict[str, Any], index: int = 0, parent_pid: int | None = None) -> None:
+    """Entry point of a runner process started by `preftune serve` (spawned; settings passed as data).
+
+    `parent_pid` is the server's pid: the runner stops when that process dies (see `stop_when_orphaned`).
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(**settings_data)
     runner = Runner(
         settings, runner_id=f"{default_runner_id()}:r{index}", db=Database(settings.resolved_database_url)
     )
     runner.install_signal_handlers()
+    if parent_pid is not None:
+        threading.Thread(
+            target=stop_when_orphaned, args=(runner, parent_pid), name="orphan-watch", daemon=True
+        ).start()
     try:
         runner.run_forever()
     finally:
