@@ -48,7 +48,9 @@ def orca_file_id(db: Database, blobs: BlobStore, owner_id: str, orca_path: Path,
         "\n".join(orca_path.read_text(encoding="utf-8").splitlines()[:16]) + "\n", encoding="utf-8"
     )
     with db.session() as session:
-        return file_service.create_file(session, owner_id, blobs.put_path(small), filename="orca.jsonl").id
+        return file_service.create_file(
+            session, owner_id, blobs.stage_path(small), blobs=blobs, filename="orca.jsonl"
+        ).id
 
 
 @dataclass

@@ -184,7 +184,7 @@ def small_orca(tmp_path: Path, orca_path: Path) -> Path:
 def orca_file_id(db: Database, blobs: BlobStore, alice: Account, small_orca: Path) -> str:
     with db.session() as session:
         record = file_service.create_file(
-            session, alice.owner_id, blobs.put_path(small_orca), filename="orca.jsonl"
+            session, alice.owner_id, blobs.stage_path(small_orca), blobs=blobs, filename="orca.jsonl"
         )
     assert record.status == "processed"
     return record.id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +25,8 @@ def test_valid_upload_is_processed_with_counts(
         record = file_service.create_file(
             session,
             alice.owner_id,
-            blobs.put_path(small_orca),
+            blobs.stage_path(small_orca),
+            blobs=blobs,
             filename="/tmp/x/orca.jsonl",
             name="orca-pairs",
         )
@@ -45,7 +47,9 @@ def test_invalid_upload_is_kept_with_an_error_naming_the_line(
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(lines) + "\n")
     with db.session() as session:
-        record = file_service.create_file(session, alice.owner_id, blobs.put_path(bad), filename="bad.jsonl")
+        record = file_service.create_file(
+            session, alice.owner_id, blobs.stage_path(bad), blobs=blobs, filename="bad.jsonl"
+        )
         assert record.status == "error"
         assert record.status_details is not None and "line 4" in record.status_details
         summary = file_service.report_summary(record.report)
@@ -57,7 +61,7 @@ def test_an_upload_named_like_another_format_is_refused_by_its_extension(
 ) -> None:
     with db.session() as session:
         record = file_service.create_file(
-            session, alice.owner_id, blobs.put_path(small_orca), filename="data.csv"
+            session, alice.owner_id, blobs.stage_path(small_orca), blobs=blobs, filename="data.csv"
         )
         assert record.status == "error"
         assert record.status_details is not None and ".jsonl" in record.status_details
@@ -66,30 +70,38 @@ def test_an_upload_named_like_another_format_is_refused_by_its_extension(
 def test_names_follow_the_resource_rule_and_are_unique(
     db: Database, blobs: BlobStore, alice: Any, bob: Any, small_orca: Path
 ) -> None:
-    blob = blobs.put_path(small_orca)
+    def upload(owner_id: str, name: str) -> None:
+        file_service.create_file(
+            session, owner_id, blobs.stage_path(small_orca), blobs=blobs, filename="o.jsonl", name=name
+        )
+
     with db.session() as session:
         for bad in ("Orca", "-orca", "orca-", "a" * 64, "orca_pairs"):
             with pytest.raises(InvalidRequestError) as info:
-                file_service.create_file(session, alice.owner_id, blob, filename="o.jsonl", name=bad)
+                upload(alice.owner_id, bad)
             assert info.value.param == "name"
-        file_service.create_file(session, alice.owner_id, blob, filename="o.jsonl", name="orca")
+        upload(alice.owner_id, "orca")
         with pytest.raises(ConflictError) as conflict:
-            file_service.create_file(session, alice.owner_id, blob, filename="o.jsonl", name="orca")
+            upload(alice.owner_id, "orca")
         assert conflict.value.param == "name"
         # Names are per owner.
-        file_service.create_file(session, bob.owner_id, blob, filename="o.jsonl", name="orca")
+        upload(bob.owner_id, "orca")
+    # Every refused upload was disposed of: only the one shared blob is left.
+    assert [p.name for p in blobs.root.rglob("*") if p.is_file()] == [
+        hashlib.sha256(small_orca.read_bytes()).hexdigest()
+    ]
 
 
 def test_list_is_newest_first_with_cursor_pages(
     db: Database, blobs: BlobStore, alice: Any, bob: Any, small_orca: Path
 ) -> None:
-    blob = blobs.put_path(small_orca)
+    def upload(owner_id: str, filename: str) -> str:
+        blob = blobs.stage_path(small_orca)
+        return file_service.create_file(session, owner_id, blob, blobs=blobs, filename=filename).id
+
     with db.session() as session:
-        ids = [
-            file_service.create_file(session, alice.owner_id, blob, filename=f"{i}.jsonl").id
-            for i in range(5)
-        ]
-        file_service.create_file(session, bob.owner_id, blob, filename="bob.jsonl")
+        ids = [upload(alice.owner_id, f"{i}.jsonl") for i in range(5)]
+        upload(bob.owner_id, "bob.jsonl")
         seen: list[str] = []
         after = None
         while True:

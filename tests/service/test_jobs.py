@@ -103,7 +103,7 @@ def test_bad_file_or_model_is_refused_naming_the_parameter(
     bad.write_text('{"text": "only one"}\n')
     with db.session() as session:
         bad_id = file_service.create_file(
-            session, alice.owner_id, blobs.put_path(bad), filename="bad.jsonl"
+            session, alice.owner_id, blobs.stage_path(bad), blobs=blobs, filename="bad.jsonl"
         ).id
     with pytest.raises(DataValidationError) as info:
         _create(db, settings, alice.owner_id, bad_id, tiny_model_dir)
@@ -232,7 +232,7 @@ def test_from_checkpoint_must_be_an_own_job_with_output(
     assert early.value.param == "from_checkpoint" and "no output or checkpoint" in early.value.message
     with db.session() as session:
         bob_file = file_service.create_file(
-            session, bob.owner_id, blobs.put_path(small_orca), filename="o.jsonl"
+            session, bob.owner_id, blobs.stage_path(small_orca), blobs=blobs, filename="o.jsonl"
         )
     with pytest.raises(NotFoundError) as foreign:
         _create(

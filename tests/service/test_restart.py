@@ -18,7 +18,7 @@ def test_everything_survives_a_restart(settings: Settings, small_orca: Path, tin
     with db.session() as session:
         owner = key_service.authenticate(session, key).owner_id
         upload = file_service.create_file(
-            session, owner, blobs.put_path(small_orca), filename="o.jsonl", name="orca"
+            session, owner, blobs.stage_path(small_orca), blobs=blobs, filename="o.jsonl", name="orca"
         )
         queued = job_service.create_job(
             session,

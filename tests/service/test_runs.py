@@ -171,7 +171,7 @@ def test_progress_completion_and_model_registry(
         )
         assert follow_up.model == str(tiny_model_dir) and follow_up.from_checkpoint_path == str(adapter)
         bob_file = file_service.create_file(
-            session, bob.owner_id, blobs.put_path(small_orca), filename="o.jsonl"
+            session, bob.owner_id, blobs.stage_path(small_orca), blobs=blobs, filename="o.jsonl"
         )
         with pytest.raises(ModelNotFoundError) as foreign:
             job_service.create_job(

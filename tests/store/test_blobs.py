@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from preftune.errors import NotFoundError, PayloadTooLargeError
-from preftune.store.blobs import BlobStore
+from preftune.store.blobs import BlobInfo, BlobStore
+
+
+def _put(store: BlobStore, chunks: Iterator[bytes]) -> BlobInfo:
+    """Stage and place at once, as an accepted upload does."""
+    staged = store.stage_chunks(chunks)
+    with store.references():
+        return store.place(staged)
 
 
 def _chunks(n: int, size: int = 64 * 1024) -> Iterator[bytes]:
@@ -23,11 +30,11 @@ def _chunks(n: int, size: int = 64 * 1024) -> Iterator[bytes]:
 def test_blobs_are_named_by_sha256_and_deduplicated(tmp_path: Path) -> None:
     store = BlobStore(tmp_path / "blobs")
     data = b"".join(_chunks(10))
-    info = store.put_chunks(_chunks(10))
+    info = _put(store, _chunks(10))
     assert info.sha256 == hashlib.sha256(data).hexdigest() and info.size == len(data)
     assert info.path == tmp_path / "blobs" / info.sha256[:2] / info.sha256
     assert info.path.read_bytes() == data
-    again = store.put_chunks(_chunks(10))
+    again = _put(store, _chunks(10))
     assert again.path == info.path
     with store.open(info.sha256) as handle:
         assert handle.read(3) == data[:3]
@@ -41,14 +48,15 @@ def test_async_stream_is_stored_like_a_sync_one(tmp_path: Path) -> None:
         for chunk in _chunks(4):
             yield chunk
 
-    info = asyncio.run(store.put_async_chunks(body()))
-    assert info.sha256 == store.put_chunks(_chunks(4)).sha256
+    staged = asyncio.run(store.stage_async_chunks(body()))
+    assert staged.sha256 == store.stage_chunks(_chunks(4)).sha256
+    assert staged.path.read_bytes() == b"".join(_chunks(4))
 
 
 def test_too_large_upload_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
     store = BlobStore(tmp_path / "blobs")
     with pytest.raises(PayloadTooLargeError) as info:
-        store.put_chunks(_chunks(10), max_bytes=100_000)
+        store.stage_chunks(_chunks(10), max_bytes=100_000)
     assert info.value.param == "file" and "PREFTUNE_MAX_UPLOAD_BYTES" in info.value.message
     leftovers = [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
     assert leftovers == []
@@ -62,7 +70,7 @@ def test_a_failing_stream_leaves_no_partial_file(tmp_path: Path) -> None:
         raise ConnectionError("client went away")
 
     with pytest.raises(ConnectionError):
-        store.put_chunks(broken())
+        store.stage_chunks(broken())
     assert [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == []
 
 
@@ -95,7 +103,7 @@ def test_a_staged_blob_is_invisible_until_placed_and_discard_leaves_nothing(tmp_
 def test_sweep_removes_only_stale_staged_uploads(tmp_path: Path) -> None:
     """A process killed mid-upload leaves a staged file; the sweep removes it, never a live one."""
     store = BlobStore(tmp_path / "blobs")
-    placed = store.put_chunks(_chunks(2))
+    placed = _put(store, _chunks(2))
     stale = store.stage_chunks(_chunks(3))  # as if its process died before placing it
     old = time.time() - 7 * 3600
     os.utime(stale.path, (old, old))

@@ -19,7 +19,7 @@ from preftune.errors import ConflictError, InvalidRequestError, NotFoundError
 from preftune.service import idempotency
 from preftune.service.common import Page, check_limit, check_resource_name, new_id, now
 from preftune.service.states import TERMINAL
-from preftune.store.blobs import BlobInfo, BlobStore, StagedBlob
+from preftune.store.blobs import BlobStore, StagedBlob
 from preftune.store.models import File, Job
 
 PURPOSES = ("fine-tune",)
@@ -69,10 +69,10 @@ def report_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
 def create_file(
     session: Session,
     owner_id: str,
-    blob: StagedBlob | BlobInfo,
+    blob: StagedBlob,
     *,
+    blobs: BlobStore,
     filename: str,
-    blobs: BlobStore | None = None,
     purpose: str = "fine-tune",
     name: str | None = None,
     idempotency_key: str | None = None,
@@ -85,15 +85,12 @@ def create_file(
     and name) returns the file created first, as job creation does; the same key with another upload
     is a `ConflictError`. Deleting the file frees its key.
 
-    An upload comes as a `StagedBlob` (with `blobs`, the store that staged it): this function always
-    disposes of it, placing it only if the upload is accepted, so a rejected upload leaves the blob
-    store as it was. A `BlobInfo` is already in place and stays its caller's (in-process callers
-    that record one blob several times).
+    An upload comes as a `StagedBlob` with `blobs`, the store that staged it. This function always
+    disposes of it, placing it only if the upload is accepted and only under the store's
+    `references()` lock together with the commit of the row that uses it, so a rejected upload
+    leaves the blob store as it was and a concurrent delete of another file with the same bytes
+    can never remove them in between.
     """
-    if isinstance(blob, BlobInfo):
-        return _create(session, owner_id, blob, None, filename, purpose, name, idempotency_key)
-    if blobs is None:
-        raise TypeError("create_file needs the BlobStore that staged the blob (blobs=...)")
     try:
         return _create(session, owner_id, blob, blobs, filename, purpose, name, idempotency_key)
     finally:
@@ -103,8 +100,8 @@ def create_file(
 def _create(
     session: Session,
     owner_id: str,
-    blob: StagedBlob | BlobInfo,
-    blobs: BlobStore | None,
+    blob: StagedBlob,
+    blobs: BlobStore,
     filename: str,
     purpose: str,
     name: str | None,
@@ -144,10 +141,6 @@ def _create(
         request_hash=fingerprint,
     )
     session.add(record)
-    if blobs is None or not isinstance(blob, StagedBlob):
-        return idempotency.commit_or_replay(
-            session, record, owner_id, idempotency_key, fingerprint, what="file"
-        )
     with blobs.references():
         # Placed before the row commits: a crash in between leaves an unused blob, never a file
         # without its bytes. Under the lock, no delete can run between the two.
@@ -172,7 +165,7 @@ def _blob_user(session: Session, sha256: str) -> str | None:
     return session.scalar(select(File.id).where(File.sha256 == sha256, File.deleted_at.is_(None)).limit(1))
 
 
-def upload_fingerprint(blob: StagedBlob | BlobInfo, *, filename: str, purpose: str, name: str | None) -> str:
+def upload_fingerprint(blob: StagedBlob, *, filename: str, purpose: str, name: str | None) -> str:
     """What makes two uploads the same upload: the bytes (by sha256) and the form fields sent with them."""
     return idempotency.fingerprint(
         {"sha256": blob.sha256, "bytes": blob.size, "filename": filename, "purpose": purpose, "name": name}

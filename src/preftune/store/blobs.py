@@ -191,30 +191,6 @@ class BlobStore:
         """Remove a staged blob that will not be placed (harmless once it was placed)."""
         staged.path.unlink(missing_ok=True)
 
-    def _put(self, staged: StagedBlob) -> BlobInfo:
-        try:
-            with self.references():
-                return self.place(staged)
-        finally:
-            self.discard(staged)
-
-    def put_chunks(self, chunks: Iterable[bytes], *, max_bytes: int | None = None) -> BlobInfo:
-        """Store an iterable of byte chunks in place at once (for callers with no upload to reject)."""
-        return self._put(self.stage_chunks(chunks, max_bytes=max_bytes))
-
-    async def put_async_chunks(
-        self, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None
-    ) -> BlobInfo:
-        """Like `put_chunks` for an async stream."""
-        return self._put(await self.stage_async_chunks(chunks, max_bytes=max_bytes))
-
-    def put_file(self, source: BinaryIO, *, max_bytes: int | None = None) -> BlobInfo:
-        """Store a readable binary file object in place, read in 1 MiB chunks."""
-        return self._put(self.stage_file(source, max_bytes=max_bytes))
-
-    def put_path(self, path: Path, *, max_bytes: int | None = None) -> BlobInfo:
-        return self._put(self.stage_path(path, max_bytes=max_bytes))
-
     def sweep_staged(self, older_than_s: float = STALE_STAGED_SECONDS) -> int:
         """Remove staged files left by uploads whose process died; returns how many were removed.
 
