@@ -113,6 +113,8 @@ def test_compare_streams_both_models_on_the_same_prompt(
     )
     assert result.exit_code == 0, result.output
     assert "tiny-llama" in result.output and tuned[:20] in result.output
+    # Not a terminal: the finished panels are printed once, ending their line.
+    assert result.output.count("╭─") == 2 and result.output.endswith("\n")
 
 
 def test_cli_deployments_create_list_delete(cli_env: Any, adapter_dirs: list[Path]) -> None:

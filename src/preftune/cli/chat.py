@@ -102,11 +102,18 @@ def _stream_compare(stream: Streamer, conversations: list[Conversation], prompt:
     threads = [threading.Thread(target=pump, args=(i,), daemon=True) for i in range(len(conversations))]
     for thread in threads:
         thread.start()
-    with Live(_side_by_side(texts, conversations, done), console=console, refresh_per_second=12) as live:
-        while not all(done):
+    if console.is_terminal:
+        with Live(_side_by_side(texts, conversations, done), console=console, refresh_per_second=12) as live:
+            while not all(done):
+                live.update(_side_by_side(texts, conversations, done))
+                threads[0].join(0.08)
             live.update(_side_by_side(texts, conversations, done))
-            threads[0].join(0.08)
-        live.update(_side_by_side(texts, conversations, done))
+    else:
+        # Into a file or a pipe a live view cannot redraw: print the finished answers once. (It would
+        # also end without a newline, gluing whatever is printed next to its last line.)
+        for thread in threads:
+            thread.join()
+        console.print(_side_by_side(texts, conversations, done))
     for error in errors:
         if error is not None:
             raise error
