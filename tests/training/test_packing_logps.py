@@ -159,3 +159,58 @@ def test_frozen_head_shortcut_is_used_for_a_frozen_head(tiny_model_dir: Path) ->
     hidden = torch.randn(6, model.config.hidden_size, requires_grad=True)
     out = token_logps(hidden, model.get_output_embeddings(), torch.arange(6))
     assert out.grad_fn is not None and "FrozenHeadLogps" in type(out.grad_fn).__name__
+
+
+@pytest.mark.parametrize("vocab_tile", [7, 64, 10_000])  # ragged tiles, many tiles, one tile
+def test_streamed_head_equals_full_log_softmax_and_its_gradient(vocab_tile: int) -> None:
+    """Online log-sum-exp over vocabulary tiles gives the whole-vocabulary log-softmax and gradient."""
+    g = torch.Generator().manual_seed(11)
+    vocab, hidden_size, n = 300, 24, 40
+    weight = torch.randn(vocab, hidden_size, generator=g)
+    hidden = torch.randn(n, hidden_size, generator=g) * 3  # large logits: the rescaling matters
+    targets = torch.randint(0, vocab, (n,), generator=g)
+    targets[:2] = torch.tensor([0, vocab - 1])  # the first and the last tile's edges
+
+    from preftune.training.logps import streamed_head_logps
+
+    logps, grad = streamed_head_logps(hidden, weight, targets, with_grad=True, vocab_tile=vocab_tile)
+    plain_hidden = hidden.clone().requires_grad_(True)
+    plain = torch.log_softmax(plain_hidden @ weight.t(), dim=-1).gather(1, targets[:, None]).squeeze(1)
+    plain.sum().backward()
+    torch.testing.assert_close(logps, plain.detach(), atol=1e-5, rtol=1e-5)
+    assert grad is not None
+    torch.testing.assert_close(grad, plain_hidden.grad, atol=1e-5, rtol=1e-5)
+    alone, none = streamed_head_logps(hidden, weight, targets, with_grad=False, vocab_tile=vocab_tile)
+    assert none is None
+    torch.testing.assert_close(alone, logps, atol=0, rtol=0)
+
+
+def test_streamed_head_with_a_half_precision_weight_accumulates_in_float32() -> None:
+    from preftune.training.logps import streamed_head_logps
+
+    g = torch.Generator().manual_seed(12)
+    weight = torch.randn(200, 16, generator=g)
+    hidden = torch.randn(10, 16, generator=g)
+    targets = torch.randint(0, 200, (10,), generator=g)
+    fp32, grad32 = streamed_head_logps(hidden, weight, targets, with_grad=True, vocab_tile=50)
+    bf16, grad16 = streamed_head_logps(
+        hidden.bfloat16(), weight.bfloat16(), targets, with_grad=True, vocab_tile=50
+    )
+    assert bf16.dtype == torch.float32 and grad16 is not None and grad16.dtype == torch.float32
+    torch.testing.assert_close(bf16, fp32, atol=0.1, rtol=0.05)
+    torch.testing.assert_close(grad16, grad32, atol=0.1, rtol=0.05)
+
+
+def test_no_grad_logps_of_a_trainable_head_equal_the_plain_ones(
+    tiny: tuple[torch.nn.Module, object],
+) -> None:
+    """Full fine-tuning's reference and evaluation passes (no autograd) take the streamed head too."""
+    model, _ = tiny
+    head = model.get_output_embeddings()
+    assert head.weight.requires_grad
+    hidden = torch.randn(9, model.config.hidden_size)
+    targets = torch.arange(9) * 101
+    with torch.no_grad():
+        streamed = token_logps(hidden, head, targets, chunk_tokens=4)
+        plain = torch.log_softmax(head(hidden), dim=-1).gather(1, targets[:, None]).squeeze(1)
+    torch.testing.assert_close(streamed, plain, atol=1e-5, rtol=1e-5)
