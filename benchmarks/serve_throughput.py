@@ -167,6 +167,28 @@ def forward_seconds(model: Any, tokens: list[int], repeats: int = 5) -> float:
     return statistics.median(times[1:])  # the first call pays first-call costs
 
 
+def gemm_seconds(model: Any, n_tokens: int, repeats: int = 5) -> float:
+    """Median time of a prefill's matrix multiplications alone, for `n_tokens` prompt tokens.
+
+    Every linear layer of the decoder times an `[n_tokens, in]` input, and the output layer for one
+    position, with the model's own weights and PyTorch's fp32 GEMM: no attention, norms, activations,
+    rotary embedding, Python or scheduling. No fp32 engine built on that GEMM prefills faster.
+    """
+    head = model.get_output_embeddings()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    inputs = {width: torch.randn(n_tokens, width) for width in {m.in_features for m in linears}}
+    last = torch.randn(1, head.in_features)
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            for layer in linears:
+                torch.mm(inputs[layer.in_features], layer.weight.t())
+            torch.mm(last, head.weight.t())
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
 def median_floor(model: Any, suffixes: list[list[int]]) -> dict[str, Any]:
     """The least time any schedule needs before the median request of a burst has its first token.
 
@@ -180,12 +202,14 @@ def median_floor(model: Any, suffixes: list[list[int]]) -> dict[str, Any]:
     n = len(suffixes)
     ranks = [n // 2 + 1] if n % 2 else [n // 2, n // 2 + 1]
     shortest = sorted(suffixes, key=len)
+    tokens = {k: sum(len(s) for s in shortest[:k]) for k in ranks}
     times = {k: forward_seconds(model, [t for s in shortest[:k] for t in s]) for k in ranks}
     return {
         "clients": n,
         "ranks": ranks,
-        "tokens": {k: sum(len(s) for s in shortest[:k]) for k in ranks},
+        "tokens": tokens,
         "seconds": statistics.mean(times.values()),
+        "gemm_seconds": statistics.mean(gemm_seconds(model, t) for t in tokens.values()),
     }
 
 
@@ -273,6 +297,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     ]
     floor["lone_forward_s"] = statistics.median(forward_seconds(model, s) for s in lone)
     floor["lone_tokens"] = statistics.median(len(s) for s in lone)
+    floor["lone_gemm_s"] = gemm_seconds(model, round(floor["lone_tokens"]))
     print(json.dumps({"median_floor": floor}), flush=True)
     single = next((r for r in rows if r["clients"] == 1), rows[0])
     return {
@@ -365,6 +390,28 @@ def markdown(result: dict[str, Any], command: str, notes: str) -> str:
                 else "The floor is under 2x: a better schedule could meet the target."
             ),
         ]
+        if "gemm_seconds" in floor:
+            # The most generous bound: the burst's forward costs its GEMMs plus no more than everything
+            # else a lone request's time to first token holds (its own forward's non-GEMM work, the
+            # template, sampling, streaming), though it prefills several times the tokens.
+            gemm, lone_gemm = floor["gemm_seconds"], floor["lone_gemm_s"]
+            bound = gemm + max(0.0, single - lone_gemm)
+            lines += [
+                "",
+                f"GEMM floor: the matrix multiplications alone of that prefill ({tokens} tokens, the model's own "
+                f"weights, PyTorch's fp32 GEMM, no attention, norms, activations or scheduling) take {gemm:.3f} s, "
+                f"{gemm / single:.2f}x the single request's whole time to first token and {gemm / lone_gemm:.2f}x "
+                f"the same GEMMs for one lone request's {floor['lone_tokens']:.0f} uncached tokens "
+                f"({lone_gemm:.3f} s). With the single request's non-GEMM time "
+                f"({max(0.0, single - lone_gemm):.3f} s) added once and nothing more, the median first token "
+                f"comes at {bound:.3f} s at best, {bound / single:.2f}x: "
+                + (
+                    "no fp32 engine on this GEMM can meet the target on this machine."
+                    if bound >= 2 * single
+                    else "under 2x, so only an engine whose non-GEMM work does not grow with the tokens "
+                    "prefilled could meet the target here."
+                ),
+            ]
     if notes.strip():
         lines += ["", notes.strip()]
     lines += ["", f"Command: `{command}`", END]
