@@ -8,7 +8,7 @@ r=16 alpha=32 on all linear layers, max length 512, the first 8 orca pairs, pack
 of `tokens_per_forward`; reference forward then policy forward and backward per pass) under
 `torch.profiler`, after one unprofiled warm-up step. Operators are put in three groups by their own
 (self) time:
-- matmul: `aten::mm`, `addmm`, `bmm` (the model's and LoRA's linear layers, the output layer), with
+- matmul: `aten::mm`, `addmm`, `addmm_`, `bmm` (the model's and LoRA's linear layers, the output layer), with
   their achieved FLOP/s against a float32 matmul's measured speed on the same threads;
 - attention: PyTorch's CPU flash-attention kernels, forward and backward;
 - everything else (norms, rotary embedding, activations, residual adds, copies, the log-softmax).
@@ -47,7 +47,7 @@ from preftune.training.packing import pack
 from preftune.training.spec import TrainingSpec
 from train_vs_trl import KNOBS, ORCA, write_pairs
 
-MATMUL = {"aten::mm", "aten::addmm", "aten::bmm"}
+MATMUL = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm"}  # addmm_: the streamed head's gradient
 ATTENTION = "flash_attention"  # aten::_scaled_dot_product_flash_attention_for_cpu(_backward)
 
 
