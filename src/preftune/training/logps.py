@@ -7,7 +7,7 @@ A plain (bias-free, unwrapped) output layer is streamed: its vocabulary is walke
 `VOCAB_TILE` columns with an online log-sum-exp (the running maximum rescales what came before, as
 in flash attention), so a tile's weights and logits stay in cache. Whole-vocabulary logits of a chunk
 (682 x 49,152 floats, 134 MB for SmolLM2) went to memory and back for each of the softmax's passes,
-and the output-layer matmul writing them ran at two thirds of the speed of the tiled one.
+and the output-layer matmul writing them ran at about 70% of the tiled one's speed.
 
 Under autograd there are two ways to get the gradient without keeping logits:
 - frozen output layer (LoRA, where the head is never trained): the gradient of a token's log-prob
