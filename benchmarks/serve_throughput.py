@@ -384,7 +384,7 @@ def markdown(result: dict[str, Any], command: str, notes: str) -> str:
             f"first token (the same forward over one lone request's {floor['lone_tokens']:.0f} uncached tokens: "
             f"{floor['lone_forward_s']:.3f} s). "
             + (
-                "No schedule can bring the median under 2x on this machine with fp32 weights: prefill "
+                "No schedule over this forward (transformers' fp32 layers) can bring the median under 2x here: prefill "
                 "here is compute-bound, so 8 prompts cost several times one."
                 if floor["seconds"] >= 2 * single
                 else "The floor is under 2x: a better schedule could meet the target."
@@ -395,7 +395,8 @@ def markdown(result: dict[str, Any], command: str, notes: str) -> str:
             # else a lone request's time to first token holds (its own forward's non-GEMM work, the
             # template, sampling, streaming), though it prefills several times the tokens.
             gemm, lone_gemm = floor["gemm_seconds"], floor["lone_gemm_s"]
-            bound = gemm + max(0.0, single - lone_gemm)
+            rest = max(0.0, single - lone_gemm)
+            bound = gemm + rest
             lines += [
                 "",
                 f"GEMM floor: the matrix multiplications alone of that prefill ({tokens} tokens, the model's own "
@@ -403,7 +404,7 @@ def markdown(result: dict[str, Any], command: str, notes: str) -> str:
                 f"{gemm / single:.2f}x the single request's whole time to first token and {gemm / lone_gemm:.2f}x "
                 f"the same GEMMs for one lone request's {floor['lone_tokens']:.0f} uncached tokens "
                 f"({lone_gemm:.3f} s). With the single request's non-GEMM time "
-                f"({max(0.0, single - lone_gemm):.3f} s) added once and nothing more, the median first token "
+                f"({rest:.3f} s) added once and nothing more, the median first token "
                 f"comes at {bound:.3f} s at best, {bound / single:.2f}x: "
                 + (
                     "no fp32 engine on this GEMM can meet the target on this machine."
