@@ -23,6 +23,7 @@ from torch import nn
 
 from preftune.errors import TrainingSpecError
 from preftune.training.fused import fuse_lora_layers
+from preftune.training.packed_linear import pack_frozen_linears
 from preftune.training.spec import TrainingSpec
 
 REFERENCE_ADAPTER = "reference"
@@ -168,6 +169,7 @@ def load_policy(spec: TrainingSpec, base_path: Path, device: torch.device) -> Po
         model.set_adapter("default")
         fuse_lora_layers(model)
     model.to(device)
+    pack_frozen_linears(model)  # the frozen base layers (all of them under LoRA): faster CPU matmuls
     return Policy(
         model=model,
         tokenizer=tokenizer,
