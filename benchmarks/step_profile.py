@@ -8,7 +8,8 @@ r=16 alpha=32 on all linear layers, max length 512, the first 8 orca pairs, pack
 of `tokens_per_forward`; reference forward then policy forward and backward per pass) under
 `torch.profiler`, after one unprofiled warm-up step. Operators are put in three groups by their own
 (self) time:
-- matmul: `aten::mm`, `addmm`, `addmm_`, `bmm` (the model's and LoRA's linear layers, the output layer), with
+- matmul: `aten::mm`, `addmm`, `addmm_`, `bmm`, `mkldnn::_linear_pointwise` (the model's frozen layers as
+  packed oneDNN matmuls, LoRA's linear layers, the output layer), with
   their achieved FLOP/s against a float32 matmul's measured speed on the same threads;
 - attention: PyTorch's CPU flash-attention kernels, forward and backward;
 - everything else (norms, rotary embedding, activations, residual adds, copies, the log-softmax).
@@ -23,6 +24,7 @@ what fusion actually buys here, compile time excluded.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -47,7 +49,9 @@ from preftune.training.packing import pack
 from preftune.training.spec import TrainingSpec
 from train_vs_trl import KNOBS, ORCA, write_pairs
 
-MATMUL = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm"}  # addmm_: the streamed head's gradient
+# addmm_: the streamed head's gradient; _linear_pointwise: the frozen layers' packed oneDNN matmuls.
+PACKED_LINEAR = "mkldnn::_linear_pointwise"
+MATMUL = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", PACKED_LINEAR}
 ATTENTION = "flash_attention"  # aten::_scaled_dot_product_flash_attention_for_cpu(_backward)
 
 
@@ -148,9 +152,15 @@ def main() -> None:
     # then once more only to count the matmuls' FLOPs.
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
-    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as counted:
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True, record_shapes=True) as counted:
         step()
     matmul_flops = sum(e.flops or 0.0 for e in counted.key_averages() if e.key in MATMUL)
+    # The profiler counts FLOPs of aten matmuls only: the packed linears' come from their shapes
+    # (input [..., in], weight [out, in]).
+    for event in counted.key_averages(group_by_input_shape=True):
+        if event.key == PACKED_LINEAR and event.input_shapes:
+            x, w = event.input_shapes[0], event.input_shapes[1]
+            matmul_flops += 2 * math.prod(x) * w[0] * event.count
 
     groups = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
     for event in prof.key_averages():

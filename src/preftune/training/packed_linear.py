@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import types
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,37 +53,63 @@ def _pack(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous())
 
 
-def _matmul(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+def matmul(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x W^T (+ bias) for the packed W; x is `[..., in]`."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed.forward, bias, "none", [], "")
+
+
+def matmul_transposed(grad: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
+    """grad W for the packed W (a linear layer's input gradient); grad is `[..., out]`."""
+    return torch.ops.mkldnn._linear_pointwise(grad, packed.transposed(), None, "none", [], "")
 
 
 @dataclass
-class _Packs:
-    """A layer's packed weight (and transposed weight, for gradients), and the weight they copy."""
+class PackedWeight:
+    """A weight packed for oneDNN, its transpose packed on demand (for gradients), and what it was made from."""
 
-    version: int
-    data_ptr: int
+    source: tuple[int, ...]  # versions and addresses of the tensors the weight was computed from
+    dense: torch.Tensor
     forward: torch.Tensor
-    transposed: torch.Tensor | None = None
+    _transposed: torch.Tensor | None = None
 
-    def transposed_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        if self.transposed is None:
-            self.transposed = _pack(weight.detach().t())
-        return self.transposed
+    def transposed(self) -> torch.Tensor:
+        if self._transposed is None:
+            self._transposed = _pack(self.dense.t())
+        return self._transposed
+
+
+def tensor_source(*tensors: torch.Tensor) -> tuple[int, ...]:
+    """What a weight computed from `tensors` depends on: their in-place versions and storage."""
+    return tuple(n for t in tensors for n in (t._version, t.data_ptr()))
 
 
 # Keyed by module, outside it: a packed (mkldnn) tensor cannot be deep-copied or saved, so a copy of
 # the model simply packs its own weights when it first runs.
-_PACKS: weakref.WeakKeyDictionary[nn.Module, _Packs] = weakref.WeakKeyDictionary()
+_PACKED: weakref.WeakKeyDictionary[nn.Module, PackedWeight] = weakref.WeakKeyDictionary()
 
 
-def _packs_for(module: nn.Linear) -> _Packs:
-    weight = module.weight
-    packs = _PACKS.get(module)
-    if packs is None or packs.version != weight._version or packs.data_ptr != weight.data_ptr():
-        packs = _Packs(version=weight._version, data_ptr=weight.data_ptr(), forward=_pack(weight))
-        _PACKS[module] = packs
-    return packs
+def packed_weight(
+    owner: nn.Module, source: tuple[int, ...], make: Callable[[], torch.Tensor]
+) -> PackedWeight:
+    """`owner`'s packed weight, made again with `make()` whenever `source` has changed since."""
+    packed = _PACKED.get(owner)
+    if packed is None or packed.source != source:
+        with torch.no_grad():
+            dense = make().detach()
+        packed = PackedWeight(source=source, dense=dense, forward=_pack(dense))
+        _PACKED[owner] = packed
+    return packed
+
+
+def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a product of `x` with `weight` can run packed: float32 on the CPU, no autocast."""
+    return (
+        x.device.type == "cpu"
+        and weight.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and available()
+    )
 
 
 class _PackedFrozenLinear(torch.autograd.Function):
@@ -90,36 +117,30 @@ class _PackedFrozenLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packs: _Packs
+        ctx: Any, x: torch.Tensor, bias: torch.Tensor | None, packed: PackedWeight
     ) -> torch.Tensor:
-        ctx.weight, ctx.packs = weight, packs
-        return _matmul(x, packs.forward, bias)
+        ctx.packed = packed
+        return matmul(x, packed, bias)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        return _matmul(grad, ctx.packs.transposed_weight(ctx.weight), None), None, None, None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return matmul_transposed(grad, ctx.packed), None, None
 
 
 def _takes_packed_path(module: nn.Linear, x: torch.Tensor) -> bool:
     weight, bias = module.weight, module.bias
-    return (
-        x.device.type == "cpu"
-        and weight.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and not weight.requires_grad
-        and (bias is None or not bias.requires_grad)
-        and not torch.is_autocast_enabled("cpu")
-    )
+    return not weight.requires_grad and (bias is None or not bias.requires_grad) and usable(x, weight)
 
 
 def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if not _takes_packed_path(self, x):
         return nn.Linear.forward(self, x)
-    packs = _packs_for(self)
+    weight = self.weight
+    packed = packed_weight(self, tensor_source(weight), lambda: weight)
     bias = None if self.bias is None else self.bias.detach()
     if torch.is_grad_enabled() and x.requires_grad:
-        return _PackedFrozenLinear.apply(x, self.weight, bias, packs)  # type: ignore[no-any-return]
-    return _matmul(x, packs.forward, bias)
+        return _PackedFrozenLinear.apply(x, bias, packed)  # type: ignore[no-any-return]
+    return matmul(x, packed, bias)
 
 
 def pack_frozen_linears(model: nn.Module) -> int:
