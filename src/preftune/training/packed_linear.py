@@ -13,7 +13,8 @@ What it buys, measured on smollm2-135m-instruct (2 cores, `benchmarks/RESULTS.md
 
 Only frozen float32 layers on the CPU take this path; anything else (a weight that trains, CUDA, an
 autocast dtype, a build without oneDNN) goes through `nn.Linear`'s own forward unchanged. Packed
-copies are made lazily and redone when the weight changes in place (a merge, a loaded state dict):
+copies are made when the model is prepared (the transposed ones on the first backward pass) and
+redone when the weight changes in place (a merge, a loaded state dict):
 they cost one more copy of the frozen weights (two while training: the backward pass multiplies by
 the transposed weight). The output layer is left alone: the trainer streams it tile by tile, and
 generation only runs it on the last position.
@@ -146,7 +147,8 @@ def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 def pack_frozen_linears(model: nn.Module) -> int:
     """Give every plain `nn.Linear` of `model` but its output layer the packed forward; returns how many.
 
-    The forward decides per call, so a layer that starts training later (or moves to a GPU) simply
+    Frozen float32 CPU weights are packed right away (a first request or step would pay it otherwise);
+    the forward decides per call, so a layer that starts training later (or moves to a GPU) simply
     stops taking the packed path. A no-op (0) where oneDNN is not available.
     """
     if not available():
@@ -158,4 +160,8 @@ def pack_frozen_linears(model: nn.Module) -> int:
         if type(module) is nn.Linear and module is not output:
             module.forward = types.MethodType(_packed_forward, module)  # type: ignore[method-assign]
             count += 1
+            weight = module.weight
+            if not weight.requires_grad and weight.device.type == "cpu" and weight.dtype == torch.float32:
+                # Pack now, while the model loads, not inside the first request or step.
+                packed_weight(module, tensor_source(weight), functools.partial(torch.Tensor.detach, weight))
     return count
