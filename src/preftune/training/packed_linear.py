@@ -2,20 +2,20 @@
 
 PyTorch's CPU `F.linear` hands float32 matmuls to MKL's sgemm, which on the AMD EPYC this project is
 measured on runs at 65-105 GFLOP/s; oneDNN (also inside every x86 PyTorch build) with the weight
-reordered once into its own blocked layout runs the same products at 96-139 GFLOP/s, and at twice
-MKL's speed for the few-row products of decoding. A frozen weight never changes, so the reordering
+reordered once into its own blocked layout runs the same products at 96-139 GFLOP/s, and (alone, in
+cache) at twice MKL's speed for the few-row products of decoding. A frozen weight never changes, so the reordering
 is paid once per layer instead of once per call (unpacked oneDNN, which reorders on every call, is
 slower than MKL in a training pass).
 
 What it buys, measured on smollm2-135m-instruct (2 cores, `benchmarks/RESULTS.md`): a training pass
-(reference forward, policy forward and backward) about 10% faster; a prefill or decode forward about
-20% faster. The results differ from MKL's by float32 rounding only (summation order).
+(reference forward, policy forward and backward) 10% faster; a lone request's prefill and a decode step
+10-20% faster (a padded 10 x 16 prefill gained nothing). The results differ from MKL's by float32
+rounding only (summation order).
 
 Only frozen float32 layers on the CPU take this path; anything else (a weight that trains, CUDA, an
 autocast dtype, a build without oneDNN) goes through `nn.Linear`'s own forward unchanged. Packed
 copies are made when the model is prepared (the transposed ones on the first backward pass) and
-redone when the weight changes in place (a merge, a loaded state dict):
-they cost one more copy of the frozen weights (two while training: the backward pass multiplies by
+redone when the weight changes in place (a merge, a loaded state dict): they cost one more copy of the frozen weights (two while training: the backward pass multiplies by
 the transposed weight). The output layer is left alone: the trainer streams it tile by tile, and
 generation only runs it on the last position.
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import types
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,63 +53,39 @@ def _pack(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous())
 
 
-def matmul(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x W^T (+ bias) for the packed W; x is `[..., in]`."""
-    return torch.ops.mkldnn._linear_pointwise(x, packed.forward, bias, "none", [], "")
-
-
-def matmul_transposed(grad: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
-    """grad W for the packed W (a linear layer's input gradient); grad is `[..., out]`."""
-    return torch.ops.mkldnn._linear_pointwise(grad, packed.transposed(), None, "none", [], "")
-
-
 @dataclass
-class PackedWeight:
-    """A weight packed for oneDNN, its transpose packed on demand (for gradients), and what it was made from."""
+class _Packed:
+    """A layer's weight packed for oneDNN, its transpose packed on the first backward pass, and the
+    weight's version and storage when it was packed (an in-place change makes it stale)."""
 
-    source: tuple[int, ...]  # versions and addresses of the tensors the weight was computed from
-    dense: torch.Tensor
+    source: tuple[int, int]
+    weight: torch.Tensor
     forward: torch.Tensor
     _transposed: torch.Tensor | None = None
 
     def transposed(self) -> torch.Tensor:
         if self._transposed is None:
-            self._transposed = _pack(self.dense.t())
+            self._transposed = _pack(self.weight.t())
         return self._transposed
-
-
-def tensor_source(*tensors: torch.Tensor) -> tuple[int, ...]:
-    """What a weight computed from `tensors` depends on: their in-place versions and storage."""
-    return tuple(n for t in tensors for n in (t._version, t.data_ptr()))
 
 
 # Keyed by module, outside it: a packed (mkldnn) tensor cannot be deep-copied or saved, so a copy of
 # the model simply packs its own weights when it first runs.
-_PACKED: weakref.WeakKeyDictionary[nn.Module, PackedWeight] = weakref.WeakKeyDictionary()
+_PACKED: weakref.WeakKeyDictionary[nn.Linear, _Packed] = weakref.WeakKeyDictionary()
 
 
-def packed_weight(
-    owner: nn.Module, source: tuple[int, ...], make: Callable[[], torch.Tensor]
-) -> PackedWeight:
-    """`owner`'s packed weight, made again with `make()` whenever `source` has changed since."""
-    packed = _PACKED.get(owner)
+def _packed(layer: nn.Linear) -> _Packed:
+    weight = layer.weight.detach()
+    source = (weight._version, weight.data_ptr())
+    packed = _PACKED.get(layer)
     if packed is None or packed.source != source:
-        with torch.no_grad():
-            dense = make().detach()
-        packed = PackedWeight(source=source, dense=dense, forward=_pack(dense))
-        _PACKED[owner] = packed
+        packed = _Packed(source=source, weight=weight, forward=_pack(weight))
+        _PACKED[layer] = packed
     return packed
 
 
-def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether a product of `x` with `weight` can run packed: float32 on the CPU, no autocast."""
-    return (
-        x.device.type == "cpu"
-        and weight.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-        and available()
-    )
+def _matmul(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 class _PackedFrozenLinear(torch.autograd.Function):
@@ -118,30 +93,43 @@ class _PackedFrozenLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: torch.Tensor, bias: torch.Tensor | None, packed: PackedWeight
+        ctx: Any, x: torch.Tensor, bias: torch.Tensor | None, packed: _Packed
     ) -> torch.Tensor:
         ctx.packed = packed
-        return matmul(x, packed, bias)
+        return _matmul(x, packed.forward, bias)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        return matmul_transposed(grad, ctx.packed), None, None
+        return _matmul(grad, ctx.packed.transposed(), None), None, None
 
 
-def _takes_packed_path(module: nn.Linear, x: torch.Tensor) -> bool:
-    weight, bias = module.weight, module.bias
-    return not weight.requires_grad and (bias is None or not bias.requires_grad) and usable(x, weight)
+def _frozen_cpu_float32(layer: nn.Linear) -> bool:
+    weight, bias = layer.weight, layer.bias
+    return (
+        weight.device.type == "cpu"
+        and weight.dtype == torch.float32
+        and not weight.requires_grad
+        and (bias is None or not bias.requires_grad)
+    )
+
+
+def _takes_packed_path(layer: nn.Linear, x: torch.Tensor) -> bool:
+    return (
+        _frozen_cpu_float32(layer)
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+    )
 
 
 def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if not _takes_packed_path(self, x):
         return nn.Linear.forward(self, x)
-    weight = self.weight
-    packed = packed_weight(self, tensor_source(weight), lambda: weight)
+    packed = _packed(self)
     bias = None if self.bias is None else self.bias.detach()
     if torch.is_grad_enabled() and x.requires_grad:
         return _PackedFrozenLinear.apply(x, bias, packed)  # type: ignore[no-any-return]
-    return matmul(x, packed, bias)
+    return _matmul(x, packed.forward, bias)
 
 
 def pack_frozen_linears(model: nn.Module) -> int:
@@ -160,8 +148,6 @@ def pack_frozen_linears(model: nn.Module) -> int:
         if type(module) is nn.Linear and module is not output:
             module.forward = types.MethodType(_packed_forward, module)  # type: ignore[method-assign]
             count += 1
-            weight = module.weight
-            if not weight.requires_grad and weight.device.type == "cpu" and weight.dtype == torch.float32:
-                # Pack now, while the model loads, not inside the first request or step.
-                packed_weight(module, tensor_source(weight), functools.partial(torch.Tensor.detach, weight))
+            if _frozen_cpu_float32(module):
+                _packed(module)  # now, while the model loads, not inside the first request or step
     return count
