@@ -42,8 +42,7 @@ def available() -> bool:
     weight = torch.linspace(-1.0, 1.0, 32).reshape(8, 4)
     x = torch.linspace(0.5, -0.5, 12).reshape(3, 4)
     try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight)
-        out = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+        out = _matmul(x, _pack(weight), None)
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
     return bool(torch.allclose(out, x @ weight.t(), atol=1e-5))
