@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=8, help="pairs in the step (default: one batch of 8)")
     parser.add_argument("--models-dir", default=None, help="default: PREFTUNE_HOME/models")
     parser.add_argument("--compile-elementwise", action="store_true")
+    parser.add_argument("--top", type=int, default=0, help="also list the N operators with most own time")
     args = parser.parse_args()
     if not ORCA.is_file():
         sys.exit(f"{ORCA} not found: this benchmark needs the shared orca sample next to the repository")
@@ -189,6 +190,12 @@ def main() -> None:
         f"{100 * matmul_flops / groups['matmul'] / peak:.0f}% of a 2048-square float32 matmul "
         f"({peak / 1e9:.1f} GFLOP/s)"
     )
+    if args.top:
+        print(f"top {args.top} operators by own time (calls, seconds, share):")
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        for event in events[: args.top]:
+            seconds = event.self_cpu_time_total / 1e6
+            print(f"  {event.key:60} {event.count:7d} {seconds:7.2f} s  {100 * seconds / total:5.1f}%")
     print(
         f"ceiling with free elementwise work: {ceiling:.1f} s a step, {total / ceiling:.2f}x the profiled step"
     )
