@@ -143,8 +143,12 @@ def block_attention(
         else:
             window = sliding_window if windowed else None
             outputs += _chunked_attention(q, k, v, prefix, window, dropout_p=p, scale=scaling, enable_gqa=gqa)
-    attn = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
-    return attn.transpose(1, 2).contiguous(), None
+    # Joined along the sequence as [B, T, H, D], the layout the output projection reads: the kernel
+    # writes each output in its query's layout, which transformers' projections make [B, T, H, D]
+    # already, so this is the one copy (joining in [B, H, T, D] and transposing would be two).
+    if len(outputs) == 1:
+        return outputs[0].transpose(1, 2).contiguous(), None
+    return torch.cat([out.transpose(1, 2) for out in outputs], dim=1), None
 
 
 AttentionInterface.register(IMPLEMENTATION, block_attention)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from preftune.errors import TrainingSpecError
+from preftune.training.elementwise import use_fast_elementwise
 from preftune.training.fused import fuse_lora_layers
 from preftune.training.packed_linear import pack_frozen_linears
 from preftune.training.spec import TrainingSpec
@@ -170,6 +171,7 @@ def load_policy(spec: TrainingSpec, base_path: Path, device: torch.device) -> Po
         fuse_lora_layers(model)
     model.to(device)
     pack_frozen_linears(model)  # the frozen base layers (all of them under LoRA): faster CPU matmuls
+    use_fast_elementwise(model)  # RMSNorm and rotary embedding with short backward passes
     return Policy(
         model=model,
         tokenizer=tokenizer,
