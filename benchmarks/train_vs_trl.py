@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/train_vs_trl.py            # 64 pairs, every configuration
     .venv/bin/python benchmarks/train_vs_trl.py --quick    # 16 pairs: a couple of minutes per configuration
+    .venv/bin/python benchmarks/train_vs_trl.py --trl fp32 --bracket   # preftune before and after TRL
 
 Model `smollm2-135m-instruct` (resolved and, the first time, imported by `resolve_model`), the first N
 pairs of the orca file, LoRA r=16 alpha=32 on all linear layers, batch 8, max length 512, beta 0.1,
@@ -299,6 +300,14 @@ def run_worker(kind: str, **kwargs: Any) -> dict[str, Any]:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
+def run_preftune(model_dir: Path, data: Path) -> dict[str, Any]:
+    print("running preftune ...", flush=True)
+    ours = run_worker("preftune", model_dir=str(model_dir), data=str(data), precision="auto")
+    if "failed" in ours:
+        raise SystemExit(f"preftune failed: {ours['failed']}")
+    return {"name": f"preftune ({ours['precision']})", **ours}
+
+
 def config_name(cfg: dict[str, bool]) -> str:
     return f"{'bf16' if cfg['bf16'] else 'fp32'}{'-gc' if cfg['gradient_checkpointing'] else ''}"
 
@@ -313,6 +322,12 @@ def main() -> None:
         "--trl", default="all", help="TRL configurations: all, or fastest-guess (fp32, no GC)"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--bracket",
+        action="store_true",
+        help="run preftune before and after TRL and compare TRL with the mean of the two "
+        "(cancels a drift of the machine's speed over the run)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-args", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -348,6 +363,7 @@ def main() -> None:
         results: list[dict[str, Any]] = []
         wanted = args.trl.split(",")
         configs = [c for c in TRL_CONFIGS if args.trl == "all" or config_name(c) in wanted]
+        ours_runs = [run_preftune(model_dir, data)] if args.bracket else []
         for cfg in configs:
             name = f"TRL bf16={'on' if cfg['bf16'] else 'off'} gc={'on' if cfg['gradient_checkpointing'] else 'off'}"
             print(f"running {name} ...", flush=True)
@@ -359,11 +375,19 @@ def main() -> None:
                 checkpointing=cfg["gradient_checkpointing"],
             )
             results.append({"name": name, **r})
-        print("running preftune ...", flush=True)
-        ours = run_worker("preftune", model_dir=str(model_dir), data=str(data), precision="auto")
-        if "failed" in ours:
-            raise SystemExit(f"preftune failed: {ours['failed']}")
-        ours = {"name": f"preftune ({ours['precision']})", **ours}
+        ours_runs.append(run_preftune(model_dir, data))
+        ours = {
+            **ours_runs[-1],
+            "seconds": sum(r["seconds"] for r in ours_runs) / len(ours_runs),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in ours_runs),
+        }
+        if len(ours_runs) > 1:
+            ours["runs_pairs_per_s"] = [n_pairs / r["seconds"] for r in ours_runs]
+            print(
+                "preftune before and after TRL: "
+                + ", ".join(f"{rate:.3f}" for rate in ours["runs_pairs_per_s"])
+                + " pairs/s (the table shows their mean time)"
+            )
         results.append(ours)
         peak = run_worker("matmul", dtype_name="fp32" if ours["precision"] == "fp32" else "bf16")["flops"]
         flops = model_flops(model_dir, data, KNOBS["max_length"], int(ours["tokens_seen"] or tokens))
