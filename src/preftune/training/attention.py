@@ -6,6 +6,9 @@ are the prompt (the first `len(prompt)` tokens of the block before) followed by 
 laid end to end in one row, so no token is padding and no attention is computed between examples:
 the cost is the sum of the blocks' own causal attention, not the square of the row.
 
+On the CPU, a block longer than `QUERY_CHUNK` tokens runs as chunks of queries, each against only the
+keys it can see (`_chunked_attention`): PyTorch's CPU kernel would compute a short block's full square.
+
 Registered with transformers as the attention implementation `preftune_blocks`; the layout reaches it
 as the `blocks` keyword of the decoder's forward, which transformers passes down to every attention
 call. Without `blocks` it is plain causal attention over an unpadded batch.
