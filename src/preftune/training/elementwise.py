@@ -39,11 +39,15 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+def _inverse_rms(h: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+
+
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         h = x.to(_compute_dtype(x))
-        rstd = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+        rstd = _inverse_rms(h, eps)
         ctx.save_for_backward(x, rstd, weight)
         return weight * (h * rstd).to(x.dtype)
 
@@ -66,7 +70,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return _RMSNorm.apply(x, weight, eps)  # type: ignore[no-any-return]
     h = x.to(_compute_dtype(x))
-    return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return weight * (h * _inverse_rms(h, eps)).to(x.dtype)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
