@@ -24,6 +24,7 @@ what fusion actually buys here, compile time excluded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -90,9 +91,9 @@ def compile_elementwise() -> None:
     llama.apply_rotary_pos_emb = lambda q, k, cos, sin, *a, **kw: rotary(q, k, cos, sin)
 
 
-def matmul_peak(threads: int) -> float:
-    """Best FLOP/s of a 2048-square float32 matmul on `threads` threads."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+def matmul_peak(threads: int, dtype: torch.dtype = torch.float32) -> float:
+    """Best FLOP/s of a 2048-square matmul in `dtype` on `threads` threads."""
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     best = float("inf")
     for _ in range(6):
         start = time.perf_counter()
@@ -109,6 +110,12 @@ def main() -> None:
     parser.add_argument("--models-dir", default=None, help="default: PREFTUNE_HOME/models")
     parser.add_argument("--compile-elementwise", action="store_true")
     parser.add_argument("--top", type=int, default=0, help="also list the N operators with most own time")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="as the trainer's knob (auto: bf16 autocast where the CPU has native bf16, else fp32)",
+    )
     args = parser.parse_args()
     if not ORCA.is_file():
         sys.exit(f"{ORCA} not found: this benchmark needs the shared orca sample next to the repository")
@@ -116,7 +123,7 @@ def main() -> None:
     set_threads()
     if args.compile_elementwise:
         compile_elementwise()
-    spec = TrainingSpec.from_params({**KNOBS, "batch_size": args.pairs})
+    spec = TrainingSpec.from_params({**KNOBS, "batch_size": args.pairs, "precision": args.precision})
     models_dir = Path(args.models_dir) if args.models_dir else Settings().models_dir
     policy = load_policy(spec, resolve_model(DEFAULT_MODEL, models_dir), torch.device("cpu"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,20 +136,27 @@ def main() -> None:
     runs = split_by_tokens(list(range(len(examples))), [e.length for e in examples], budget)
     passes = [pack([examples[i] for i in run]) for run in runs]
     model = policy.model
+    dtype = policy.autocast_dtype or torch.float32
+
+    def autocast() -> contextlib.AbstractContextManager[Any]:
+        if policy.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cpu", dtype=policy.autocast_dtype)
 
     def step() -> None:
         for batch in passes:
             model.eval()
-            with torch.no_grad(), reference_mode(policy):
+            with torch.no_grad(), reference_mode(policy), autocast():
                 sequence_logps(model, batch)
             model.train()
-            chosen_and_rejected, _ = sequence_logps(model, batch)
+            with autocast():
+                chosen_and_rejected, _ = sequence_logps(model, batch)
             chosen_and_rejected.sum().backward()
         model.zero_grad(set_to_none=True)
 
     # The matmul peak is measured before and after the steps and the better one kept: this VM's speed
     # drifts within minutes, and a peak taken at a slow moment alone once read 136% of itself.
-    peak_before = matmul_peak(torch.get_num_threads())
+    peak_before = matmul_peak(torch.get_num_threads(), dtype)
     start = time.perf_counter()
     step()  # warm-up (and, with --compile-elementwise, compilation)
     warm_up = time.perf_counter() - start
@@ -173,7 +187,7 @@ def main() -> None:
         else:
             groups["other"] += seconds
     total = sum(groups.values())
-    peak = max(peak_before, matmul_peak(torch.get_num_threads()))
+    peak = max(peak_before, matmul_peak(torch.get_num_threads(), dtype))
     ceiling = groups["matmul"] + groups["attention"]
 
     print(
@@ -187,7 +201,7 @@ def main() -> None:
         print(f"  {name:10} {seconds:7.1f} s  {100 * seconds / total:5.1f}%")
     print(
         f"matmul: {matmul_flops / 1e9:.0f} GFLOP at {matmul_flops / groups['matmul'] / 1e9:.1f} GFLOP/s, "
-        f"{100 * matmul_flops / groups['matmul'] / peak:.0f}% of a 2048-square float32 matmul "
+        f"{100 * matmul_flops / groups['matmul'] / peak:.0f}% of a 2048-square {str(dtype).removeprefix('torch.')} matmul "
         f"({peak / 1e9:.1f} GFLOP/s)"
     )
     if args.top:
