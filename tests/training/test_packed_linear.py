@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not packed_linear.available(), reason="this PyTo
 
 
 def packed_path_taken(layer: nn.Linear, x: torch.Tensor) -> bool:
-    return packed_linear._takes_packed_path(layer, x)
+    return packed_linear._compute_dtype(layer, x) is not None
 
 
 def frozen_layer(bias: bool = True) -> tuple[nn.Linear, nn.Linear]:
@@ -68,11 +68,29 @@ def test_a_weight_changed_in_place_is_packed_again() -> None:
     torch.testing.assert_close(packed(x), torch.ones(4, 40))
 
 
-def test_other_dtypes_and_autocast_are_left_to_linear() -> None:
+def test_other_dtypes_and_other_autocast_dtypes_are_left_to_linear() -> None:
     _, packed = frozen_layer()
     assert not packed_path_taken(packed, torch.randn(2, 24, dtype=torch.float64))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.float16):
         assert not packed_path_taken(packed, torch.randn(2, 24))
+
+
+@pytest.mark.skipif(not packed_linear.available(torch.bfloat16), reason="no bf16 oneDNN matmul here")
+def test_under_bf16_autocast_the_packed_path_computes_what_autocast_would() -> None:
+    """bf16 inputs and weight, a bf16 result, the input's gradient back in its own dtype."""
+    plain, packed = frozen_layer()
+    x = torch.randn(6, 24, requires_grad=True)
+    x_packed = x.detach().clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert packed_linear._compute_dtype(packed, x_packed) == torch.bfloat16
+        out_plain, out_packed = plain(x), packed(x_packed)
+    assert out_packed.dtype == out_plain.dtype == torch.bfloat16
+    torch.testing.assert_close(out_packed, out_plain, atol=2e-2, rtol=1e-2)
+    grad = torch.randn(out_plain.shape, dtype=torch.bfloat16)
+    out_plain.backward(grad)
+    out_packed.backward(grad)
+    assert x_packed.grad is not None and x_packed.grad.dtype == torch.float32
+    torch.testing.assert_close(x_packed.grad, x.grad, atol=2e-2, rtol=1e-2)
 
 
 def test_lora_model_with_packed_base_layers_matches_peft(tiny_model_dir: Path) -> None:

@@ -115,6 +115,18 @@ def block_attention(
         raise NotImplementedError("preftune's packed attention does not support attention logit soft-capping")
     if blocks is None:  # unpadded rows, each one causal sequence
         blocks = [(query.shape[2], 0)]
+    # PyTorch's CPU flash kernel runs slower in bf16 than in float32 (one training step's attention
+    # 8.0 against 5.6 s on an AVX512-BF16 EPYC, `benchmarks/RESULTS.md`): under CPU autocast the
+    # attention is computed in float32 and only its output goes back to the autocast dtype.
+    # (Autocast itself would cast SDPA's inputs back down, so it is switched off around the kernels.)
+    if query.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        out_dtype = torch.get_autocast_dtype("cpu")
+        with torch.autocast("cpu", enabled=False):
+            query, key, value = query.float(), key.float(), value.float()
+            out, _ = block_attention(
+                module, query, key, value, attention_mask, dropout, scaling, blocks, sliding_window, **kwargs
+            )
+        return out.to(out_dtype), None
     # Grouped-query attention: SDPA maps each key/value head to its query heads itself, without the
     # copies `repeat_kv` would make (and autograd would keep).
     gqa = query.shape[1] != key.shape[1]

@@ -68,9 +68,16 @@ class _RMSNorm(torch.autograd.Function):
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Llama's RMSNorm, `weight * (x / sqrt(mean(x^2) + eps))`, with the short backward."""
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return _RMSNorm.apply(x, weight, eps)  # type: ignore[no-any-return]
-    h = x.to(_compute_dtype(x))
-    return weight * (h * _inverse_rms(h, eps)).to(x.dtype)
+        out: torch.Tensor = _RMSNorm.apply(x, weight, eps)
+    else:
+        h = x.to(_compute_dtype(x))
+        out = weight * (h * _inverse_rms(h, eps)).to(x.dtype)
+    # Under autocast every consumer of a norm (the projections after it, the output layer) casts its
+    # input to the autocast dtype; casting once here gives them the same numbers without a cast each
+    # (q, k, v and their adapters' A matrices read one norm: six casts of it per layer).
+    if torch.is_autocast_enabled(x.device.type):
+        out = out.to(torch.get_autocast_dtype(x.device.type))
+    return out
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:

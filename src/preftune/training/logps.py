@@ -20,6 +20,7 @@ Under autograd there are two ways to get the gradient without keeping logits:
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -75,12 +76,20 @@ def streamed_head_logps(
     """
     n = hidden.shape[0]
     device = hidden.device
+    if torch.is_autocast_enabled(device.type):
+        # Cast once here, not per tile (autocast would recast the tile's weights every time), and so
+        # that the gradient's matmul below runs in the autocast dtype too (an in-place addmm_ is
+        # outside autocast's reach and would run in float32, at half the speed where bf16 is native).
+        dtype = torch.get_autocast_dtype(device.type)
+        hidden, tiles = hidden.to(dtype), _cast_head(weight, dtype)
+    else:
+        tiles = weight
     top = torch.full((n,), float("-inf"), dtype=torch.float32, device=device)
     total = torch.zeros(n, dtype=torch.float32, device=device)
     picked = torch.zeros(n, dtype=torch.float32, device=device)
     expected = torch.zeros(n, hidden.shape[1], dtype=torch.float32, device=device) if with_grad else None
-    for start in range(0, weight.shape[0], vocab_tile):
-        tile = weight[start : start + vocab_tile]
+    for start in range(0, tiles.shape[0], vocab_tile):
+        tile = tiles[start : start + vocab_tile]
         logits = (hidden @ tile.t()).float()  # [N, tile]; autocast decides the matmul's precision
         inside = (targets >= start) & (targets < start + tile.shape[0])
         column = (targets - start).clamp_(0, tile.shape[0] - 1).unsqueeze(1)
@@ -101,6 +110,23 @@ def streamed_head_logps(
         return logps, None
     grad = weight[targets].float().sub_(expected.div_(total.unsqueeze(1)))
     return logps, grad
+
+
+# The frozen head's weight in the autocast dtype, kept for as long as the weight is unchanged: every
+# chunk of every pass would otherwise cast all of it again. One head at a time, held by a weak
+# reference to the weight it was cast from (identity and version, not address, decide a hit).
+_HEAD_CAST: list[tuple[weakref.ref[torch.Tensor], int, torch.Tensor]] = []
+
+
+def _cast_head(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if weight.dtype == dtype:
+        return weight
+    for source, version, cast in _HEAD_CAST:
+        if source() is weight and version == weight._version and cast.dtype == dtype:
+            return cast
+    cast = weight.detach().to(dtype)
+    _HEAD_CAST[:] = [(weakref.ref(weight), weight._version, cast)]
+    return cast
 
 
 class _FrozenHeadLogps(torch.autograd.Function):

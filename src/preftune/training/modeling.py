@@ -170,7 +170,9 @@ def load_policy(spec: TrainingSpec, base_path: Path, device: torch.device) -> Po
         model.set_adapter("default")
         fuse_lora_layers(model)
     model.to(device)
-    pack_frozen_linears(model)  # the frozen base layers (all of them under LoRA): faster CPU matmuls
+    autocast_dtype = select_autocast(spec.precision, device)
+    # The frozen base layers (all of them under LoRA): faster CPU matmuls, packed in the dtype they run in.
+    pack_frozen_linears(model, autocast_dtype or torch.float32)
     use_fast_elementwise(model)  # RMSNorm and rotary embedding with short backward passes
     return Policy(
         model=model,
@@ -178,7 +180,7 @@ def load_policy(spec: TrainingSpec, base_path: Path, device: torch.device) -> Po
         lora=lora,
         reference_adapter=reference_adapter,
         device=device,
-        autocast_dtype=select_autocast(spec.precision, device),
+        autocast_dtype=autocast_dtype,
         gradient_checkpointing=False,
     )
 

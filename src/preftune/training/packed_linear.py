@@ -33,8 +33,8 @@ from torch import nn
 
 
 @functools.cache
-def available() -> bool:
-    """Whether this PyTorch build can run packed oneDNN linears (and they give the right numbers)."""
+def available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this PyTorch build can run packed oneDNN linears in `dtype` (and they give the right numbers)."""
     if not torch.backends.mkldnn.is_available():
         return False
     # Fixed numbers, not torch.randn: this may first run inside a seeded training run, whose random
@@ -42,10 +42,10 @@ def available() -> bool:
     weight = torch.linspace(-1.0, 1.0, 32).reshape(8, 4)
     x = torch.linspace(0.5, -0.5, 12).reshape(3, 4)
     try:
-        out = _matmul(x, _pack(weight), None)
+        out = _matmul(x.to(dtype), _pack(weight.to(dtype)), None).float()
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
-    return bool(torch.allclose(out, x @ weight.t(), atol=1e-5))
+    return bool(torch.allclose(out, x @ weight.t(), atol=1e-5 if dtype == torch.float32 else 2e-2))
 
 
 def _pack(weight: torch.Tensor) -> torch.Tensor:
@@ -54,8 +54,9 @@ def _pack(weight: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class _Packed:
-    """A layer's weight packed for oneDNN, its transpose packed on the first backward pass, and the
-    weight's version and storage when it was packed (an in-place change makes it stale)."""
+    """A layer's weight (in the dtype it is packed in) packed for oneDNN, its transpose packed on the
+    first backward pass, and the weight's version and storage when it was packed (an in-place change
+    makes it stale)."""
 
     source: tuple[int, int]
     weight: torch.Tensor
@@ -69,17 +70,20 @@ class _Packed:
 
 
 # Keyed by module, outside it: a packed (mkldnn) tensor cannot be deep-copied or saved, so a copy of
-# the model simply packs its own weights when it first runs.
-_PACKED: weakref.WeakKeyDictionary[nn.Linear, _Packed] = weakref.WeakKeyDictionary()
+# the model simply packs its own weights when it first runs. Per module, one packing per compute dtype
+# (float32, and bfloat16 under CPU autocast).
+_PACKED: weakref.WeakKeyDictionary[nn.Linear, dict[torch.dtype, _Packed]] = weakref.WeakKeyDictionary()
 
 
-def _packed(layer: nn.Linear) -> _Packed:
+def _packed(layer: nn.Linear, dtype: torch.dtype = torch.float32) -> _Packed:
     weight = layer.weight.detach()
     source = (weight._version, weight.data_ptr())
-    packed = _PACKED.get(layer)
+    by_dtype = _PACKED.setdefault(layer, {})
+    packed = by_dtype.get(dtype)
     if packed is None or packed.source != source:
-        packed = _Packed(source=source, weight=weight, forward=_pack(weight))
-        _PACKED[layer] = packed
+        cast = weight.to(dtype)
+        packed = _Packed(source=source, weight=cast, forward=_pack(cast))
+        by_dtype[dtype] = packed
     return packed
 
 
@@ -112,29 +116,37 @@ def _frozen_cpu_float32(layer: nn.Linear) -> bool:
     )
 
 
-def _takes_packed_path(layer: nn.Linear, x: torch.Tensor) -> bool:
-    return (
-        _frozen_cpu_float32(layer)
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-    )
+def _compute_dtype(layer: nn.Linear, x: torch.Tensor) -> torch.dtype | None:
+    """The dtype the packed path computes `layer(x)` in, or None for `nn.Linear`'s own forward.
+
+    Under CPU bf16 autocast that is bfloat16, as autocast would run `F.linear` (inputs cast to bf16,
+    float32 accumulation, a bf16 result), but without casting the frozen weight again on every call.
+    """
+    if not (_frozen_cpu_float32(layer) and x.device.type == "cpu"):
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        return dtype if dtype == torch.bfloat16 and available(dtype) else None
+    return torch.float32 if x.dtype == torch.float32 else None
 
 
 def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    if not _takes_packed_path(self, x):
+    dtype = _compute_dtype(self, x)
+    if dtype is None:
         return nn.Linear.forward(self, x)
-    packed = _packed(self)
-    bias = None if self.bias is None else self.bias.detach()
+    packed = _packed(self, dtype)
+    bias = None if self.bias is None else self.bias.detach().to(dtype)
+    x = x.to(dtype)  # a no-op in float32; under autocast, autograd casts the gradient back
     if torch.is_grad_enabled() and x.requires_grad:
         return _PackedFrozenLinear.apply(x, bias, packed)  # type: ignore[no-any-return]
     return _matmul(x, packed.forward, bias)
 
 
-def pack_frozen_linears(model: nn.Module) -> int:
+def pack_frozen_linears(model: nn.Module, dtype: torch.dtype = torch.float32) -> int:
     """Give every plain `nn.Linear` of `model` but its output layer the packed forward; returns how many.
 
-    Frozen float32 CPU weights are packed right away (a first request or step would pay it otherwise);
+    Frozen float32 CPU weights are packed right away for `dtype`, the dtype they will compute in
+    (bfloat16 for a model run under bf16 autocast; a first request or step would pay it otherwise);
     the forward decides per call, so a layer that starts training later (or moves to a GPU) simply
     stops taking the packed path. A no-op (0) where oneDNN is not available.
     """
@@ -147,6 +159,6 @@ def pack_frozen_linears(model: nn.Module) -> int:
         if type(module) is nn.Linear and module is not output:
             module.forward = types.MethodType(_packed_forward, module)  # type: ignore[method-assign]
             count += 1
-            if _frozen_cpu_float32(module):
-                _packed(module)  # now, while the model loads, not inside the first request or step
+            if _frozen_cpu_float32(module) and available(dtype):
+                _packed(module, dtype)  # now, while the model loads, not inside the first request or step
     return count
