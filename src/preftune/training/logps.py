@@ -76,11 +76,12 @@ def streamed_head_logps(
     """
     n = hidden.shape[0]
     device = hidden.device
-    if torch.is_autocast_enabled(device.type):
+    if device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         # Cast once here, not per tile (autocast would recast the tile's weights every time), and so
         # that the gradient's matmul below runs in the autocast dtype too (an in-place addmm_ is
         # outside autocast's reach and would run in float32, at half the speed where bf16 is native).
-        dtype = torch.get_autocast_dtype(device.type)
+        # CPU only: on a GPU the kept copy of a large model's head would cost memory it may not have.
+        dtype = torch.get_autocast_dtype("cpu")
         hidden, tiles = hidden.to(dtype), _cast_head(weight, dtype)
     else:
         tiles = weight
