@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not packed_linear.available(), reason="this PyTo
 
 
 def packed_path_taken(layer: nn.Linear, x: torch.Tensor) -> bool:
-    return packed_linear._compute_dtype(layer, x) is not None
+    return packed_linear._packed_dtype(layer, x) is not None
 
 
 def frozen_layer(bias: bool = True) -> tuple[nn.Linear, nn.Linear]:
@@ -82,7 +82,7 @@ def test_under_bf16_autocast_the_packed_path_computes_what_autocast_would() -> N
     x = torch.randn(6, 24, requires_grad=True)
     x_packed = x.detach().clone().requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert packed_linear._compute_dtype(packed, x_packed) == torch.bfloat16
+        assert packed_linear._packed_dtype(packed, x_packed) == torch.bfloat16
         out_plain, out_packed = plain(x), packed(x_packed)
     assert out_packed.dtype == out_plain.dtype == torch.bfloat16
     torch.testing.assert_close(out_packed, out_plain, atol=2e-2, rtol=1e-2)

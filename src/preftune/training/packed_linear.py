@@ -118,7 +118,7 @@ def _frozen_cpu_float32(layer: nn.Linear) -> bool:
     )
 
 
-def _compute_dtype(layer: nn.Linear, x: torch.Tensor) -> torch.dtype | None:
+def _packed_dtype(layer: nn.Linear, x: torch.Tensor) -> torch.dtype | None:
     """The dtype the packed path computes `layer(x)` in, or None for `nn.Linear`'s own forward.
 
     Under CPU bf16 autocast that is bfloat16, as autocast would run `F.linear` (inputs cast to bf16,
@@ -133,7 +133,7 @@ def _compute_dtype(layer: nn.Linear, x: torch.Tensor) -> torch.dtype | None:
 
 
 def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    dtype = _compute_dtype(self, x)
+    dtype = _packed_dtype(self, x)
     if dtype is None:
         return nn.Linear.forward(self, x)
     packed = _packed(self, dtype)
