@@ -1,14 +1,16 @@
 """Under CPU bf16 autocast, the trainer's own paths compute what autocast would, with fewer casts.
 
-Attention runs in float32 (PyTorch's CPU flash kernel is slower in bf16), a norm's output is cast
+Attention runs in float32 where bf16 is not native (PyTorch's CPU flash kernel is slower in bf16;
+with native bf16 it runs as bf16 matmuls, `test_bf16_attention.py`), a norm's output is cast
 once for all its consumers, and the streamed output layer casts its weight once, not per tile.
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from preftune.training import logps
+from preftune.training import attention, logps
 from preftune.training.attention import Block, block_attention
 from preftune.training.elementwise import rms_norm
 
@@ -17,7 +19,8 @@ def bf16_autocast() -> torch.autocast:
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
-def test_attention_under_autocast_runs_in_float32_and_returns_bf16() -> None:
+def test_attention_under_autocast_runs_in_float32_and_returns_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(attention, "cpu_has_fast_bf16", lambda: False)
     torch.manual_seed(0)
     blocks: list[Block] = [(9, 0), (5, 4)]
     total = sum(length for length, _ in blocks)

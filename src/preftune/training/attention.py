@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
+from preftune.training.autocast import cpu_autocast_dtype, cpu_has_fast_bf16
+from preftune.training.bf16_attention import bf16_block_attention
+
 IMPLEMENTATION = "preftune_blocks"
 # Queries per attention call in a block longer than this (see block_attention).
 QUERY_CHUNK = 128
@@ -115,12 +118,22 @@ def block_attention(
         raise NotImplementedError("preftune's packed attention does not support attention logit soft-capping")
     if blocks is None:  # unpadded rows, each one causal sequence
         blocks = [(query.shape[2], 0)]
-    # PyTorch's CPU flash kernel runs slower in bf16 than in float32 (one training step's attention
-    # 8.0 against 5.6 s on an AVX512-BF16 EPYC, `benchmarks/RESULTS.md`): under CPU autocast the
-    # attention is computed in float32 and only its output goes back to the autocast dtype.
-    # (Autocast itself would cast SDPA's inputs back down, so it is switched off around the kernels.)
-    if query.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-        out_dtype = torch.get_autocast_dtype("cpu")
+    out_dtype = cpu_autocast_dtype() if query.device.type == "cpu" else None
+    if out_dtype is not None:
+        windowed = sliding_window is not None and any(p + n > sliding_window for n, p in blocks)
+        p = dropout if module.training else 0.0
+        if (
+            out_dtype == torch.bfloat16
+            and cpu_has_fast_bf16()
+            and query.shape[0] == 1
+            and not windowed
+            and not p
+        ):
+            return bf16_block_attention(query, key, value, blocks, scaling), None
+        # Otherwise float32: PyTorch's CPU flash kernel runs slower in bf16 than in float32 (one
+        # training step's attention 8.0 against 5.6 s on an AVX512-BF16 EPYC, `benchmarks/RESULTS.md`),
+        # and only the output goes back to the autocast dtype. (Autocast itself would cast SDPA's
+        # inputs back down, so it is switched off around the kernels.)
         with torch.autocast("cpu", enabled=False):
             query, key, value = query.float(), key.float(), value.float()
             out, _ = block_attention(

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from preftune.errors import TrainingSpecError
+from preftune.training.autocast import cpu_has_fast_bf16
 from preftune.training.elementwise import use_fast_elementwise
 from preftune.training.fused import fuse_lora_layers
 from preftune.training.packed_linear import pack_frozen_linears
@@ -81,12 +82,6 @@ def resolve_start_point(reference: str) -> StartPoint:
 
 def select_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def cpu_has_fast_bf16() -> bool:
-    """bf16 matmuls beat fp32 on CPU only with native bf16 instructions (AVX512-BF16 or AMX)."""
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
 def select_autocast(precision: str, device: torch.device) -> torch.dtype | None:

@@ -1,0 +1,19 @@
+"""What CPU autocast is doing, for the code paths that compute differently under it."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """bf16 matmuls beat float32 on a CPU only with native bf16 instructions (AVX512-BF16 or AMX)."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def cpu_autocast_dtype() -> torch.dtype | None:
+    """The dtype CPU autocast runs matmuls in right now, or None when it is off."""
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
