@@ -28,7 +28,11 @@ def _fused_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -
         return peft_forward(self, x, *args, **kwargs)  # type: ignore[no-any-return]
     result = self.base_layer(x)
     lora_a = self.lora_A[name]
-    h = lora_a(self.lora_dropout[name](self._cast_input_dtype(x, lora_a.weight.dtype)))
+    # PEFT casts the input to the adapter's (float32) dtype; under autocast the matmul casts it straight
+    # back, so the cast would only cost copies: two of the input, and two of its gradient backwards.
+    if not torch.is_autocast_enabled(x.device.type):
+        x = self._cast_input_dtype(x, lora_a.weight.dtype)
+    h = lora_a(self.lora_dropout[name](x))
     out = torch.addmm(
         result.reshape(-1, result.shape[-1]),
         h.reshape(-1, h.shape[-1]),
