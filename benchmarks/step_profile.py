@@ -41,6 +41,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from preftune.config import Settings
+from preftune.training.allocator import keep_freed_memory
 from preftune.training.dataset import check_file, tokenize_file
 from preftune.training.logps import sequence_logps
 from preftune.training.memory import split_by_tokens
@@ -121,6 +122,7 @@ def main() -> None:
         sys.exit(f"{ORCA} not found: this benchmark needs the shared orca sample next to the repository")
 
     set_threads()
+    keep_freed_memory()  # as the trainer does
     if args.compile_elementwise:
         compile_elementwise()
     spec = TrainingSpec.from_params({**KNOBS, "batch_size": args.pairs, "precision": args.precision})

@@ -21,6 +21,7 @@ import torch
 
 from preftune.errors import InvalidRequestError, PreftuneError, TrainingError
 from preftune.training import callbacks as events
+from preftune.training.allocator import keep_freed_memory
 from preftune.training.callbacks import CallbackList, TrainCallbacks
 from preftune.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 from preftune.training.dataset import TokenizedData, check_file, tokenize_file
@@ -165,6 +166,7 @@ class _Run:
 
     def _load(self) -> None:
         set_threads()
+        keep_freed_memory()
         self._check_output_dir()
         base_path = resolve_model(self.model_name, self.models_dir)
         # Check the data before the (slow) model load: a bad file should fail in a second.
