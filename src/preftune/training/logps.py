@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from preftune.training.attention import use_block_attention
+from preftune.training.autocast import cpu_autocast_dtype
 from preftune.training.packing import PackedBatch
 
 # Float32 logits kept alive at once by the chunked log-softmax of a head that cannot be streamed.
@@ -76,12 +77,12 @@ def streamed_head_logps(
     """
     n = hidden.shape[0]
     device = hidden.device
-    if device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+    dtype = cpu_autocast_dtype() if device.type == "cpu" else None
+    if dtype is not None:
         # Cast once here, not per tile (autocast would recast the tile's weights every time), and so
         # that the gradient's matmul below runs in the autocast dtype too (an in-place addmm_ is
         # outside autocast's reach and would run in float32, at half the speed where bf16 is native).
         # CPU only: on a GPU the kept copy of a large model's head would cost memory it may not have.
-        dtype = torch.get_autocast_dtype("cpu")
         hidden, tiles = hidden.to(dtype), _cast_head(weight, dtype)
     else:
         tiles = weight

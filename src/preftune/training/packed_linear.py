@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from preftune.training.autocast import cpu_autocast_dtype
+
 
 @functools.cache
 def available(dtype: torch.dtype = torch.float32) -> bool:
@@ -126,8 +128,8 @@ def _packed_dtype(layer: nn.Linear, x: torch.Tensor) -> torch.dtype | None:
     """
     if not (_frozen_cpu_float32(layer) and x.device.type == "cpu"):
         return None
-    if torch.is_autocast_enabled("cpu"):
-        dtype = torch.get_autocast_dtype("cpu")
+    dtype = cpu_autocast_dtype()
+    if dtype is not None:
         return dtype if dtype == torch.bfloat16 and available(dtype) else None
     return torch.float32 if x.dtype == torch.float32 else None
 
