@@ -101,11 +101,11 @@ def evaluate(model_dir: Path, adapter: Path | None, data: Path, params: dict[str
     return {key: float(torch.cat(values).mean()) for key, values in collected.items()} | {"n": len(examples)}
 
 
-def worker(method: str, model_dir: Path, train_file: Path, eval_file: Path) -> dict[str, Any]:
+def worker(method: str, model_dir: Path, train_file: Path, eval_file: Path, precision: str) -> dict[str, Any]:
     from preftune.training.spec import TrainingSpec
     from preftune.training.trainer import train
 
-    params = {**COMMON, **METHODS[method]}
+    params = {**COMMON, **METHODS[method], "precision": precision}
     before = evaluate(model_dir, None, eval_file, params)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"learn-{method}-") as out:
@@ -127,6 +127,7 @@ def worker(method: str, model_dir: Path, train_file: Path, eval_file: Path) -> d
         "after": after,
         "train_seconds": seconds,
         "steps": result.steps,
+        "precision": result.report.get("precision"),
         "final_train_metrics": final,
     }
 
@@ -143,13 +144,23 @@ def main() -> None:
         help="last N pairs to evaluate on (default: all after the training ones)",
     )
     parser.add_argument("--methods", default="dpo,simpo,rpo")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="training precision (default auto: bf16 autocast where the CPU has native bf16)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-args", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         w = json.loads(args.worker_args)
-        print(json.dumps(worker(args.worker, Path(w["model_dir"]), Path(w["train"]), Path(w["eval"]))))
+        print(
+            json.dumps(
+                worker(args.worker, Path(w["model_dir"]), Path(w["train"]), Path(w["eval"]), w["precision"])
+            )
+        )
         return
 
     from preftune.config import Settings
@@ -185,7 +196,14 @@ def main() -> None:
                 "--worker",
                 method,
                 "--worker-args",
-                json.dumps({"model_dir": str(model_dir), "train": str(train_file), "eval": str(eval_file)}),
+                json.dumps(
+                    {
+                        "model_dir": str(model_dir),
+                        "train": str(train_file),
+                        "eval": str(eval_file),
+                        "precision": args.precision,
+                    }
+                ),
             ]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
@@ -195,7 +213,7 @@ def main() -> None:
             results.append(r)
             b, a = r["before"], r["after"]
             print(
-                f"  {method}: {r['steps']} steps in {r['train_seconds']:.0f} s; held-out (n={a['n']}) "
+                f"  {method} ({r['precision']}): {r['steps']} steps in {r['train_seconds']:.0f} s; held-out (n={a['n']}) "
                 f"rewards/accuracies {b['rewards/accuracies']:.3f} -> {a['rewards/accuracies']:.3f}, "
                 f"rewards/margins {b['rewards/margins']:.4f} -> {a['rewards/margins']:.4f}, "
                 f"pref_acc {b['pref_acc']:.3f} -> {a['pref_acc']:.3f}, loss {b['loss']:.4f} -> {a['loss']:.4f}",
