@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from preftune.training import attention
-from preftune.training.attention import Block, block_attention
+from preftune.training.attention import block_attention
+from preftune.training.blocks import Block
 
 
 def dense_mask(blocks: list[Block], window: int | None) -> torch.Tensor:

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from preftune.training import attention, bf16_attention
-from preftune.training.attention import Block, block_attention
+from preftune.training.attention import block_attention
 from preftune.training.bf16_attention import bf16_block_attention
+from preftune.training.blocks import Block
 
 # A causal block longer than a chunk, a block after a prompt (its last chunk short), a short causal block.
 BLOCKS: list[Block] = [(11, 0), (7, 5), (3, 0)]

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from preftune.training import attention, logps
-from preftune.training.attention import Block, block_attention
+from preftune.training.attention import block_attention
+from preftune.training.blocks import Block
 from preftune.training.elementwise import rms_norm
 
 

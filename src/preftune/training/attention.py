@@ -26,14 +26,9 @@ from transformers import AttentionInterface
 
 from preftune.training.autocast import cpu_autocast_dtype, cpu_has_fast_bf16
 from preftune.training.bf16_attention import bf16_block_attention
+from preftune.training.blocks import QUERY_CHUNK, Block
 
 IMPLEMENTATION = "preftune_blocks"
-# Queries per attention call in a block longer than this (see block_attention).
-QUERY_CHUNK = 128
-
-# (block length, prefix length): the block's queries see the first `prefix` tokens of the block
-# before it, then themselves causally.
-Block = tuple[int, int]
 
 
 # Per (device, dtype): a [QUERY_CHUNK, width] additive mask, zeros then a lower-triangular block in

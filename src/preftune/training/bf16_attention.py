@@ -29,11 +29,7 @@ from typing import Any
 
 import torch
 
-# (block length, prefix length), as in training.attention.
-Block = tuple[int, int]
-
-# Queries per chunk: the same trade as the flash path's (a chunk computes its full rectangle of keys).
-QUERY_CHUNK = 128
+from preftune.training.blocks import QUERY_CHUNK, Block
 
 # Per (group, dtype, chunk): the additive causal mask of a full chunk, its rows repeated `group` times
 # (one per query head of a key/value head); a shorter chunk's mask is its top-left corner.

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from preftune.training.attention import Block
+from preftune.training.blocks import Block
 from preftune.training.tokenize import PairTokens, SFTTokens
 
 
