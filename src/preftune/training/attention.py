@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from preftune.training.autocast import cpu_autocast_dtype, cpu_has_fast_bf16
+from preftune.training.autocast import autocast_dtype, cpu_has_fast_bf16
 from preftune.training.bf16_attention import bf16_block_attention
 from preftune.training.blocks import QUERY_CHUNK, Block
 
@@ -113,7 +113,7 @@ def block_attention(
         raise NotImplementedError("preftune's packed attention does not support attention logit soft-capping")
     if blocks is None:  # unpadded rows, each one causal sequence
         blocks = [(query.shape[2], 0)]
-    out_dtype = cpu_autocast_dtype() if query.device.type == "cpu" else None
+    out_dtype = autocast_dtype(query.device.type) if query.device.type == "cpu" else None
     if out_dtype is not None:
         windowed = sliding_window is not None and any(p + n > sliding_window for n, p in blocks)
         p = dropout if module.training else 0.0

@@ -1,4 +1,4 @@
-"""What CPU autocast is doing, for the code paths that compute differently under it."""
+"""What autocast is doing, for the code paths that compute differently under it."""
 
 from __future__ import annotations
 
@@ -14,6 +14,6 @@ def cpu_has_fast_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
-def cpu_autocast_dtype() -> torch.dtype | None:
-    """The dtype CPU autocast runs matmuls in right now, or None when it is off."""
-    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast on `device_type` runs matmuls in right now, or None when it is off."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from preftune.training.autocast import autocast_dtype
+
 # Norms computing `weight * (x * rsqrt(mean(x^2) + variance_epsilon))` in float32, cast back to the
 # input dtype before the weight (Gemma's `1 + weight` variant is deliberately absent).
 RMSNORM_CLASSES = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"})
@@ -75,9 +77,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     # Under autocast every consumer of a norm (the projections after it, the output layer) casts its
     # input to the autocast dtype; casting once here gives them the same numbers without a cast each
     # (q, k, v and their adapters' A matrices read one norm: six casts of it per layer).
-    if torch.is_autocast_enabled(x.device.type):
-        out = out.to(torch.get_autocast_dtype(x.device.type))
-    return out
+    dtype = autocast_dtype(x.device.type)
+    return out if dtype is None else out.to(dtype)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:

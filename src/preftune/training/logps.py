@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from preftune.training.attention import use_block_attention
-from preftune.training.autocast import cpu_autocast_dtype
+from preftune.training.autocast import autocast_dtype
 from preftune.training.packing import PackedBatch
 
 # Float32 logits kept alive at once by the chunked log-softmax of a head that cannot be streamed.
@@ -77,7 +77,7 @@ def streamed_head_logps(
     """
     n = hidden.shape[0]
     device = hidden.device
-    dtype = cpu_autocast_dtype() if device.type == "cpu" else None
+    dtype = autocast_dtype(device.type) if device.type == "cpu" else None
     if dtype is not None:
         # Cast once here, not per tile (autocast would recast the tile's weights every time), and so
         # that the gradient's matmul below runs in the autocast dtype too (an in-place addmm_ is

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from preftune.training.autocast import cpu_autocast_dtype
+from preftune.training.autocast import autocast_dtype
 
 
 @functools.cache
@@ -128,7 +128,7 @@ def _packed_dtype(layer: nn.Linear, x: torch.Tensor) -> torch.dtype | None:
     """
     if not (_frozen_cpu_float32(layer) and x.device.type == "cpu"):
         return None
-    dtype = cpu_autocast_dtype()
+    dtype = autocast_dtype("cpu")
     if dtype is not None:
         return dtype if dtype == torch.bfloat16 and available(dtype) else None
     return torch.float32 if x.dtype == torch.float32 else None
