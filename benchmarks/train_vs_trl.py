@@ -3,12 +3,14 @@
     .venv/bin/python benchmarks/train_vs_trl.py            # 64 pairs, every configuration
     .venv/bin/python benchmarks/train_vs_trl.py --quick    # 16 pairs: a couple of minutes per configuration
     .venv/bin/python benchmarks/train_vs_trl.py --trl fp32 --bracket   # preftune before and after TRL
+    .venv/bin/python benchmarks/train_vs_trl.py --trl fp32-gc --precision fp32 --bracket   # float32 only
 
 Model `smollm2-135m-instruct` (resolved and, the first time, imported by `resolve_model`), the first N
 pairs of the orca file, LoRA r=16 alpha=32 on all linear layers, batch 8, max length 512, beta 0.1,
 lr 5e-5, one epoch. TRL runs with bf16 on/off and gradient checkpointing on/off; preftune with its
-defaults (precision auto, which is fp32 on a CPU without native bf16). Each configuration runs in its own
-subprocess, one after the other, so peak RSS is that configuration's alone.
+defaults (precision auto, which is fp32 on a CPU without native bf16) unless `--precision` says
+otherwise. Each configuration runs in its own subprocess, one after the other, so peak RSS is that
+configuration's alone.
 
 Throughput counts the training loop only (first step start to last step end: no model load, no
 tokenisation, no saving), identically for both. tokens/s counts each pair's tokens once (prompt + chosen +
@@ -300,9 +302,9 @@ def run_worker(kind: str, **kwargs: Any) -> dict[str, Any]:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def run_preftune(model_dir: Path, data: Path) -> dict[str, Any]:
+def run_preftune(model_dir: Path, data: Path, precision: str) -> dict[str, Any]:
     print("running preftune ...", flush=True)
-    ours = run_worker("preftune", model_dir=str(model_dir), data=str(data), precision="auto")
+    ours = run_worker("preftune", model_dir=str(model_dir), data=str(data), precision=precision)
     if "failed" in ours:
         raise SystemExit(f"preftune failed: {ours['failed']}")
     return {"name": f"preftune ({ours['precision']})", **ours}
@@ -322,6 +324,13 @@ def main() -> None:
         "--trl", default="all", help="TRL configurations: all, or fastest-guess (fp32, no GC)"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="preftune's precision knob (default auto: bf16 autocast where the CPU has native bf16); "
+        "fp32 compares float32 with float32 on a CPU where auto would pick bf16",
+    )
     parser.add_argument(
         "--bracket",
         action="store_true",
@@ -363,7 +372,7 @@ def main() -> None:
         results: list[dict[str, Any]] = []
         wanted = args.trl.split(",")
         configs = [c for c in TRL_CONFIGS if args.trl == "all" or config_name(c) in wanted]
-        ours_runs = [run_preftune(model_dir, data)] if args.bracket else []
+        ours_runs = [run_preftune(model_dir, data, args.precision)] if args.bracket else []
         for cfg in configs:
             name = f"TRL bf16={'on' if cfg['bf16'] else 'off'} gc={'on' if cfg['gradient_checkpointing'] else 'off'}"
             print(f"running {name} ...", flush=True)
@@ -375,7 +384,7 @@ def main() -> None:
                 checkpointing=cfg["gradient_checkpointing"],
             )
             results.append({"name": name, **r})
-        ours_runs.append(run_preftune(model_dir, data))
+        ours_runs.append(run_preftune(model_dir, data, args.precision))
         ours = {
             **ours_runs[-1],
             "seconds": sum(r["seconds"] for r in ours_runs) / len(ours_runs),
