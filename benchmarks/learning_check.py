@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from preftune.training.spec import PRECISIONS
+
 ROOT = Path(__file__).resolve().parent.parent
 ORCA = ROOT.parent / "shared" / "data" / "orca_dpo_pairs" / "orca_dpo_pairs.jsonl"
 MODEL = "smollm2-135m-instruct"
@@ -146,7 +148,7 @@ def main() -> None:
     parser.add_argument("--methods", default="dpo,simpo,rpo")
     parser.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16"],
+        choices=PRECISIONS,
         default="auto",
         help="training precision (default auto: bf16 autocast where the CPU has native bf16)",
     )

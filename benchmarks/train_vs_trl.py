@@ -36,6 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from preftune.training.spec import PRECISIONS
+
 ROOT = Path(__file__).resolve().parent.parent
 ORCA = ROOT.parent / "shared" / "data" / "orca_dpo_pairs" / "orca_dpo_pairs.jsonl"
 MODEL = "smollm2-135m-instruct"
@@ -327,7 +329,7 @@ def main() -> None:
     parser.add_argument(
         "--precision",
         default="auto",
-        choices=["auto", "fp32", "bf16"],
+        choices=PRECISIONS,
         help="preftune's precision knob (default auto: bf16 autocast where the CPU has native bf16); "
         "fp32 compares float32 with float32 on a CPU where auto would pick bf16",
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -30,6 +30,11 @@ FROM_CHECKPOINT_RE = re.compile(r"^[A-Za-z0-9_.\-/]+(:[0-9]+)?$")
 
 # Fields a job stores but never shows back (secrets).
 SECRET_FIELDS = frozenset({"wandb_api_key"})
+
+
+# The training precisions, named once for the spec and the scripts that pass one through.
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 class TrainingSpec(BaseModel):
@@ -240,7 +245,7 @@ class TrainingSpec(BaseModel):
     )
 
     # --- performance --------------------------------------------------------------
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    precision: Precision = Field(
         default="auto",
         description="auto: bf16 autocast where the hardware does it fast, else fp32.",
         json_schema_extra={"group": "performance"},
