@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.preftune-installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint fuzz clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,11 @@ lint: setup
 
 test: lint
 	$(VENV)/bin/pytest
+
+# The long property-based run over the whole OpenAPI document (the bounded one is part of `make test`).
+fuzz: setup
+	PREFTUNE_FUZZ_EXAMPLES=$${PREFTUNE_FUZZ_EXAMPLES:-400} PREFTUNE_FUZZ_RANDOM=1 \
+		$(VENV)/bin/pytest tests/api/test_fuzz_openapi.py -q -s -p no:randomly
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

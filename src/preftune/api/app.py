@@ -115,7 +115,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                 )
             if operation.get("security"):
                 responses.setdefault("401", {"description": "Missing or invalid API key", **error_ref})
-            if "{" in path:
+            # A path id, a cursor (`after`) or a body naming a file, job or model can each be unknown.
+            names = {p.get("name") for p in operation.get("parameters", [])}
+            if "{" in path or "after" in names or operation.get("requestBody"):
                 responses.setdefault("404", {"description": "Not found (or another owner's)", **error_ref})
             for code, response in responses.items():
                 if code[0] in "45" and "content" not in response:

@@ -13,7 +13,12 @@ from preftune.service.keys import Caller
 router = APIRouter(tags=["keys"])
 
 
-@router.post("/keys", response_model=schemas.APIKeyCreated, summary="Create an API key")
+@router.post(
+    "/keys",
+    response_model=schemas.APIKeyCreated,
+    responses={403: {"description": "new_owner without an admin key"}},
+    summary="Create an API key",
+)
 def create_key(
     body: schemas.KeyCreate, caller: Caller = Depends(get_owner), session: Session = Depends(get_db)
 ) -> schemas.APIKeyCreated:
