@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,7 @@ def _create(
     name: str | None,
     idempotency_key: str | None,
 ) -> File:
-    filename = Path(filename).name or "upload.jsonl"
+    filename = safe_filename(filename)
     idempotency.check_key(idempotency_key)
     fingerprint = upload_fingerprint(blob, filename=filename, purpose=purpose, name=name)
     if idempotency_key is not None:
@@ -158,6 +159,19 @@ def _create(
                 if _blob_user(session, blob.sha256) is None:
                     blobs.delete(blob.sha256)
             raise
+
+
+def safe_filename(filename: str | None) -> str:
+    """The last component of a client's file name, without separators (either OS's) or control characters.
+
+    The name is only shown back (listings, Content-Disposition); blobs are stored by sha256. Still, a
+    name such as `..\\..\\x` or one with a NUL would mislead whoever saves the download under it.
+    """
+    last = re.split(r"[/\\]", filename or "")[-1]
+    cleaned = "".join(ch for ch in last if ch.isprintable()).strip()
+    if cleaned in ("", ".", ".."):
+        return "upload.jsonl"
+    return cleaned[:255]
 
 
 def _blob_user(session: Session, sha256: str) -> str | None:
