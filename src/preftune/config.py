@@ -34,6 +34,16 @@ class Settings(BaseSettings):
     port: int = 8600
     workers: int = Field(default=1, ge=0, description="Local runner processes started by `preftune serve`.")
     max_upload_bytes: int = Field(default=5 * 1024**3, description="Largest accepted upload.")
+    max_request_bytes: int = Field(
+        default=1024 * 1024, gt=0, description="Largest request body other than an upload (JSON bodies)."
+    )
+    rate_limit_per_second: float = Field(
+        default=200.0, ge=0, description="Requests a second per API key (0: no limit); past it, 429."
+    )
+    rate_limit_burst: int = Field(default=400, ge=1, description="Requests one key may send at once.")
+    max_concurrent_uploads: int = Field(
+        default=8, ge=1, description="Uploads in progress per API key; one more is a 429."
+    )
     lease_seconds: float = Field(
         default=30.0, gt=0, description="A runner's claim on a job expires after this."
     )

@@ -20,6 +20,7 @@ from fastapi.openapi.utils import get_openapi
 
 from preftune import __version__
 from preftune.api.errors import install_error_handlers
+from preftune.api.limits import document_limits, install_limits
 from preftune.api.schemas import ErrorResponse
 from preftune.config import Settings
 from preftune.store.blobs import BlobStore
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    install_limits(app, settings)
     for module, prefix in modules:
         app.include_router(module.router, prefix=prefix)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -122,5 +124,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             for code, response in responses.items():
                 if code[0] in "45" and "content" not in response:
                     response.update(error_ref)
+    document_limits(schema, error_ref)
     app.openapi_schema = schema
     return schema
