@@ -33,6 +33,7 @@ class RunningServer:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    database_url: str | None = None  # None: SQLite in the home
 
     @property
     def base_url(self) -> str:
@@ -55,6 +56,8 @@ class RunningServer:
         }
         for var in ("PREFTUNE_API_KEY", "PREFTUNE_BASE_URL", "PREFTUNE_DATABASE_URL"):
             self.env.pop(var, None)
+        if self.database_url is not None:
+            self.env["PREFTUNE_DATABASE_URL"] = self.database_url
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
@@ -97,6 +100,12 @@ class RunningServer:
         try:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def kill(self) -> None:
+        """SIGKILL the server and its runners at once: no shutdown code runs, as in a power cut."""
+        if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
 

@@ -1,0 +1,180 @@
+"""SIGKILL of the API server in the middle of uploads and job creates, then a restart:
+nothing acknowledged is lost, no blob sits under its real name with other bytes, and the clients'
+retries of their creates (same Idempotency-Key) give exactly one resource per key, whether or not
+the first attempt was acknowledged before the kill."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+UPLOADERS = 3
+CREATORS = 3
+RUN_SECONDS = 4.0
+
+
+def _payload(orca_path: Path, copies: int) -> bytes:
+    lines = orca_path.read_text(encoding="utf-8").splitlines()
+    return ("\n".join(lines * copies) + "\n").encode()
+
+
+def _nonce(idem: str) -> bytes:
+    pair = {
+        "input": {"messages": [{"role": "user", "content": f"Which upload is this? {idem}"}]},
+        "preferred_output": [{"role": "assistant", "content": idem}],
+        "non_preferred_output": [{"role": "assistant", "content": "I do not know."}],
+    }
+    return (json.dumps(pair) + "\n").encode()
+
+
+def _hammer(
+    base_url: str,
+    key: str,
+    training_file: str,
+    model: str,
+    payload: bytes,
+    stop: threading.Event,
+) -> tuple[dict[str, str], dict[str, str], set[str], set[str]]:
+    """Upload and create until the server dies; (acked uploads key->id, acked jobs key->id, tried keys)."""
+    acked_files: dict[str, str] = {}
+    acked_jobs: dict[str, str] = {}
+    tried_files: set[str] = set()
+    tried_jobs: set[str] = set()
+    lock = threading.Lock()
+
+    def upload(worker: int) -> None:
+        with httpx.Client(base_url=base_url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as http:
+            for i in range(1000):
+                if stop.is_set():
+                    return
+                idem = f"up-{worker}-{i}"
+                body = payload + _nonce(idem)  # every upload has its own bytes
+                with lock:
+                    tried_files.add(idem)
+                try:
+                    r = http.post(
+                        "/v1/files", files={"file": ("big.jsonl", body)}, headers={"Idempotency-Key": idem}
+                    )
+                except httpx.HTTPError:
+                    return
+                if r.status_code == 200:
+                    with lock:
+                        acked_files[idem] = r.json()["id"]
+
+    def create(worker: int) -> None:
+        with httpx.Client(base_url=base_url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as http:
+            for i in range(1000):
+                if stop.is_set():
+                    return
+                idem = f"job-{worker}-{i}"
+                with lock:
+                    tried_jobs.add(idem)
+                try:
+                    r = http.post(
+                        "/v1/fine-tunes",
+                        json={"training_file": training_file, "model": model, "seed": i},
+                        headers={"Idempotency-Key": idem},
+                    )
+                except httpx.HTTPError:
+                    return
+                if r.status_code == 200:
+                    with lock:
+                        acked_jobs[idem] = r.json()["id"]
+
+    threads = [threading.Thread(target=upload, args=(w,)) for w in range(UPLOADERS)]
+    threads += [threading.Thread(target=create, args=(w,)) for w in range(CREATORS)]
+    for t in threads:
+        t.start()
+    return acked_files, acked_jobs, tried_files, tried_jobs  # the caller kills the server, then joins
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def crash_server(request: pytest.FixtureRequest, fresh_server: Any) -> Any:
+    """The test's own server on SQLite, or on a fresh database of the session's PostgreSQL."""
+    if request.param == "postgres":
+        import psycopg
+
+        base = request.getfixturevalue("postgres_server")
+        name = f"crash_{int(time.time() * 1000) % 10**9}"
+        with psycopg.connect(
+            base.replace("postgresql+psycopg://", "postgresql://") + "/postgres", autocommit=True
+        ) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        fresh_server.database_url = f"{base}/{name}"
+    return fresh_server
+
+
+def test_sigkill_mid_upload_and_create_loses_nothing_acknowledged(
+    crash_server: Any, orca_path: Path, tiny_model_dir: Path
+) -> None:
+    fresh_server = crash_server
+    fresh_server.start()
+    key = fresh_server.api_key
+    with httpx.Client(
+        base_url=fresh_server.base_url, timeout=60, headers={"Authorization": f"Bearer {key}"}
+    ) as http:
+        seed = http.post("/v1/files", files={"file": ("seed.jsonl", _payload(orca_path, 1))}).json()
+    payload = _payload(orca_path, 8)  # ~3 MB: uploads are in flight when the kill comes
+    stop = threading.Event()
+    before = set(threading.enumerate())
+    acked_files, acked_jobs, tried_files, tried_jobs = _hammer(
+        fresh_server.base_url, key, seed["id"], str(tiny_model_dir), payload, stop
+    )
+    time.sleep(RUN_SECONDS)
+    fresh_server.kill()
+    stop.set()
+    for thread in set(threading.enumerate()) - before:
+        thread.join(timeout=60)
+    print(f"acknowledged before SIGKILL: {len(acked_files)} uploads, {len(acked_jobs)} creates")
+    assert acked_files and acked_jobs, "nothing was acknowledged before the kill; the test proves nothing"
+
+    fresh_server.restart()
+    blobs = fresh_server.home / "blobs"
+    for blob in blobs.glob("??/*"):
+        # A blob under its real name holds exactly the bytes that name says.
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name, blob
+
+    with httpx.Client(
+        base_url=fresh_server.base_url, timeout=60, headers={"Authorization": f"Bearer {key}"}
+    ) as http:
+        for idem, file_id in acked_files.items():
+            got = http.get(f"/v1/files/{file_id}")
+            assert got.status_code == 200 and got.json()["status"] == "processed", (idem, got.text)
+            content = http.get(f"/v1/files/{file_id}/content").content
+            assert hashlib.sha256(content).hexdigest() == got.json()["sha256"]
+        for idem, job_id in acked_jobs.items():
+            got = http.get(f"/v1/fine-tunes/{job_id}")
+            assert got.status_code == 200 and got.json()["status"] == "queued", (idem, got.text)
+
+        # Every client retries its creates after the restart, acknowledged or not.
+        for idem in sorted(tried_files):
+            body = payload + _nonce(idem)
+            r = http.post("/v1/files", files={"file": ("big.jsonl", body)}, headers={"Idempotency-Key": idem})
+            assert r.status_code == 200, r.text
+            if idem in acked_files:
+                assert r.json()["id"] == acked_files[idem]
+        for idem in sorted(tried_jobs):
+            i = int(idem.split("-")[2])
+            r = http.post(
+                "/v1/fine-tunes",
+                json={"training_file": seed["id"], "model": str(tiny_model_dir), "seed": i},
+                headers={"Idempotency-Key": idem},
+            )
+            assert r.status_code == 200, r.text
+            if idem in acked_jobs:
+                assert r.json()["id"] == acked_jobs[idem]
+
+        files = http.get("/v1/files", params={"limit": 1000}).json()["data"]
+        jobs = http.get("/v1/fine-tunes", params={"limit": 1000}).json()["data"]
+    assert len(files) == len(tried_files) + 1  # one per key, and the seed
+    assert len(jobs) == len(tried_jobs)
+    assert all(j["status"] == "queued" for j in jobs)
