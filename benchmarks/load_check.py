@@ -1,14 +1,18 @@
-"""Load check: many clients polling job status while files upload, against one server.
+"""Load check: many clients polling job status while files upload and chats stream, against one server.
 
 Starts `preftune serve` on a free loopback port (or uses --base-url/--api-key), creates a
 job to poll, then for a bounded time runs
-  - 50 concurrent clients polling GET /v1/fine-tunes/{id} as fast as answers come, and
+  - 100 concurrent clients polling GET /v1/fine-tunes/{id} as fast as answers come,
   - 20 concurrent uploaders, each uploading preference files of varied sizes and reading
-    every one back, checking the server's sha256 and the downloaded bytes' sha256.
-Prints requests/s, p50/p99 latency per kind, the error count (must be 0) and whether every
-upload's sha256 matched. Exit status 1 if any error or mismatch.
+    every one back, checking the server's sha256 and the downloaded bytes' sha256, and
+  - 8 concurrent streaming chats (`stream: true`, a tiny model imported by name), each
+    checking that its stream ends with `data: [DONE]`.
+A 429 (the per-key rate and concurrent-upload limits) is deliberate, not an error: the client
+waits its Retry-After and counts it. Prints requests/s, p50/p99 latency per kind, the 429s,
+the error count (must be 0) and whether every upload's sha256 matched. Exit status 1 if any
+error or mismatch.
 
-    .venv/bin/python benchmarks/load_check.py --seconds 20
+    .venv/bin/python benchmarks/load_check.py --seconds 120
 """
 
 from __future__ import annotations
@@ -41,10 +45,22 @@ class Stats:
     latencies: dict[str, list[float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     uploads: int = 0
+    throttled: dict[str, int] = field(default_factory=dict)
+    chats: int = 0
     sha_mismatches: list[str] = field(default_factory=list)
 
     def record(self, kind: str, seconds: float) -> None:
         self.latencies.setdefault(kind, []).append(seconds)
+
+    async def throttle(self, kind: str, response: httpx.Response) -> bool:
+        """True (after waiting Retry-After) if the server deliberately refused with a 429."""
+        if response.status_code != 429:
+            return False
+        self.throttled[kind] = self.throttled.get(kind, 0) + 1
+        if "retry-after" not in response.headers:
+            self.errors.append(f"{kind}: 429 without Retry-After")
+        await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+        return True
 
 
 def _free_port() -> int:
@@ -75,6 +91,8 @@ async def _poller(client: httpx.AsyncClient, job_id: str, stop: float, stats: St
         start = time.perf_counter()
         try:
             response = await client.get(f"/v1/fine-tunes/{job_id}")
+            if await stats.throttle("poll", response):
+                continue
             if response.status_code != 200:
                 stats.errors.append(f"poll: HTTP {response.status_code} {response.text[:200]}")
         except httpx.HTTPError as exc:
@@ -96,6 +114,8 @@ async def _uploader(
                 files={"file": (f"load-{seed}.jsonl", payload, "application/jsonl")},
                 data={"purpose": "fine-tune"},
             )
+            if await stats.throttle("upload", response):
+                continue
             stats.record("upload", time.perf_counter() - start)
             if response.status_code != 200:
                 stats.errors.append(f"upload: HTTP {response.status_code} {response.text[:200]}")
@@ -108,6 +128,8 @@ async def _uploader(
                 )
             start = time.perf_counter()
             content = await client.get(f"/v1/files/{body['id']}/content")
+            while await stats.throttle("download", content):
+                content = await client.get(f"/v1/files/{body['id']}/content")
             stats.record("download", time.perf_counter() - start)
             if content.status_code != 200:
                 stats.errors.append(f"content: HTTP {content.status_code}")
@@ -117,16 +139,64 @@ async def _uploader(
             stats.errors.append(f"upload: {exc!r}")
 
 
+async def _chatter(client: httpx.AsyncClient, model: str, seed: int, stop: float, stats: Stats) -> None:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": f"Tell me about load number {seed}."}],
+        "max_tokens": 32,
+        "stream": True,
+        "temperature": 0,
+    }
+    while time.monotonic() < stop:
+        start = time.perf_counter()
+        try:
+            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                if response.status_code == 429:
+                    await response.aread()
+                    await stats.throttle("chat", response)
+                    continue
+                if response.status_code != 200:
+                    stats.errors.append(
+                        f"chat: HTTP {response.status_code} {(await response.aread())[:200]!r}"
+                    )
+                    continue
+                first: float | None = None
+                last = ""
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        if first is None:
+                            first = time.perf_counter() - start
+                        last = line
+                if last != "data: [DONE]":
+                    stats.errors.append(f"chat: stream ended with {last[:200]!r}")
+                    continue
+            stats.chats += 1
+            stats.record("chat", time.perf_counter() - start)
+            if first is not None:
+                stats.record("chat_ttfb", first)
+        except httpx.HTTPError as exc:
+            stats.errors.append(f"chat: {exc!r}")
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run(base_url: str, api_key: str, model: str, seconds: float, pollers: int, uploaders: int) -> Stats:
+async def run(
+    base_url: str,
+    api_key: str,
+    model: str,
+    seconds: float,
+    pollers: int,
+    uploaders: int,
+    chats: int = 0,
+    chat_model: str | None = None,
+) -> Stats:
     stats = Stats()
     lines = _sample_lines()
     headers = {"Authorization": f"Bearer {api_key}"}
-    limits = httpx.Limits(max_connections=pollers + uploaders + 5)
+    limits = httpx.Limits(max_connections=pollers + uploaders + chats + 5)
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60, limits=limits) as client:
         seed_file = await client.post(
             "/v1/files",
@@ -152,6 +222,7 @@ async def run(base_url: str, api_key: str, model: str, seconds: float, pollers: 
         await asyncio.gather(
             *[_poller(client, job_id, stop, stats) for _ in range(pollers)],
             *[_uploader(client, lines, seed, stop, stats) for seed in range(uploaders)],
+            *[_chatter(client, chat_model or model, seed, stop, stats) for seed in range(chats)],
         )
         stats.record("_wall", time.perf_counter() - started)
     return stats
@@ -167,7 +238,8 @@ def report(stats: Stats, seconds: float) -> bool:
             f"  p99 {_percentile(values, 0.99) * 1000:7.1f} ms"
         )
     print(
-        f"uploads {stats.uploads}, sha256 mismatches {len(stats.sha_mismatches)}, errors {len(stats.errors)}"
+        f"uploads {stats.uploads}, chats {stats.chats}, deliberate 429s {dict(sorted(stats.throttled.items()))}, "
+        f"sha256 mismatches {len(stats.sha_mismatches)}, errors {len(stats.errors)}"
     )
     for line in (stats.errors + stats.sha_mismatches)[:10]:
         print("  " + line)
@@ -223,8 +295,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=20.0, help="How long to run the load.")
-    parser.add_argument("--pollers", type=int, default=50)
+    parser.add_argument("--pollers", type=int, default=100)
     parser.add_argument("--uploaders", type=int, default=20)
+    parser.add_argument("--chats", type=int, default=8, help="Concurrent streaming chats.")
     parser.add_argument("--base-url", help="Use a running server instead of starting one.")
     parser.add_argument("--api-key", help="Key for --base-url.")
     parser.add_argument("--model", help="Model of the polled job (default: a tiny model built here).")
@@ -242,12 +315,24 @@ def main() -> None:
             home.mkdir()
             port = _free_port()
             # No runner: the polled job stays queued, so the load measures the API, not training.
+            # The chats' model, imported under a name as `preftune models import` does.
+            (home / "models").mkdir()
+            (home / "models" / "tiny").symlink_to(Path(model), target_is_directory=True)
             process = _start_server(home, port)
             base_url = f"http://127.0.0.1:{port}"
             api_key = (home / "credentials").read_text().splitlines()[0].strip()
         try:
             stats = asyncio.run(
-                run(base_url, api_key or "", model, args.seconds, args.pollers, args.uploaders)
+                run(
+                    base_url,
+                    api_key or "",
+                    model,
+                    args.seconds,
+                    args.pollers,
+                    args.uploaders,
+                    args.chats,
+                    "tiny" if args.base_url is None else model,
+                )
             )
         finally:
             if process is not None:

@@ -151,3 +151,21 @@ def test_the_openapi_document_lists_the_limits(limited: Any) -> None:
     upload = doc["paths"]["/v1/files"]["post"]["responses"]
     assert {"413", "429"} <= set(upload)
     assert "429" in doc["paths"]["/v1/fine-tunes/{job_id}"]["get"]["responses"]
+
+
+def test_a_database_pool_timeout_is_503_with_retry_after_not_500(tmp_path: Path) -> None:
+    from fastapi import FastAPI
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from preftune.api.limits import install_limits
+
+    app = FastAPI()
+    install_limits(app, Settings(home=tmp_path))
+
+    @app.get("/v1/busy")
+    def busy() -> None:
+        raise PoolTimeout("QueuePool limit of size 5 overflow 10 reached")
+
+    response = TestClient(app).get("/v1/busy")
+    assert response.status_code == 503 and response.headers["retry-after"] == "2"
+    assert response.json()["error"]["code"] == "overloaded"

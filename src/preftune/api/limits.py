@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import threading
 import time
@@ -22,9 +23,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from preftune.config import Settings
+
+log = logging.getLogger("preftune.api")
 
 # Buckets of keys not seen for a while are forgotten; this many are kept at most.
 MAX_TRACKED_KEYS = 10_000
@@ -220,6 +226,25 @@ class LimitsMiddleware:
 
 def install_limits(app: Any, settings: Settings) -> None:
     app.add_middleware(LimitsMiddleware, settings=settings)
+    app.add_exception_handler(PoolTimeout, _busy)
+
+
+async def _busy(request: Request, exc: Exception) -> Response:
+    # Every database connection stayed busy for the pool's whole timeout: the server is overloaded, not
+    # broken. A 503 with Retry-After tells clients (the SDK, `openai`) to come back, instead of a 500.
+    log.warning("%s %s: no database connection within the pool timeout", request.method, request.url.path)
+    return JSONResponse(
+        status_code=503,
+        content={
+            "error": {
+                "message": "the server is overloaded (no database connection came free); retry shortly",
+                "type": "server_error",
+                "param": None,
+                "code": "overloaded",
+            }
+        },
+        headers={"Retry-After": "2"},
+    )
 
 
 def document_limits(schema: dict[str, Any], error_ref: dict[str, Any]) -> None:

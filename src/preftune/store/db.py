@@ -18,6 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from preftune.config import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Every request thread may hold a connection (the API's thread pool has 40; async routes add their own
+# to_thread calls). SQLite connections are cheap, so the pool must not be the queue: SQLAlchemy's default
+# (5 + 10 overflow) made polls wait out its 30 s timeout under 100 concurrent clients.
+SQLITE_POOL_SIZE = 20
+SQLITE_MAX_OVERFLOW = 60
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -41,10 +46,12 @@ def make_engine(url: str) -> Engine:
             url,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
             pool_pre_ping=False,
+            pool_size=SQLITE_POOL_SIZE,
+            max_overflow=SQLITE_MAX_OVERFLOW,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=40)
 
 
 class Database:
