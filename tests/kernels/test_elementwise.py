@@ -9,8 +9,8 @@ import torch
 import transformers.models.llama.modeling_llama as llama
 from transformers import AutoModelForCausalLM
 
-from preftune.training import elementwise
-from preftune.training.elementwise import apply_rotary_pos_emb, rms_norm, use_fast_elementwise
+from preftune.kernels import elementwise
+from preftune.kernels.elementwise import apply_rotary_pos_emb, rms_norm, use_fast_elementwise
 
 
 def test_rms_norm_gradients_are_exact() -> None:

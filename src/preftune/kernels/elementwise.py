@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from preftune.training.autocast import autocast_dtype
+from preftune.kernels.autocast import autocast_dtype
 
 # Norms computing `weight * (x * rsqrt(mean(x^2) + variance_epsilon))` in float32, cast back to the
 # input dtype before the weight (Gemma's `1 + weight` variant is deliberately absent).
