@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/attention_kernels.py
 
-The trainer's attention (`preftune.training.attention`) calls `scaled_dot_product_attention`, which on
+The trainer's attention (`preftune.kernels.attention`) calls `scaled_dot_product_attention`, which on
 a CPU runs PyTorch's flash kernel at a fraction of the matmul speed. This measures the obvious
 alternative on the block shapes of a prefix-shared orca pair (SmolLM2-135M: 9 query heads, 3 key/value
 heads, head size 64): scores as one `baddbmm` per key/value head with its 3 query heads stacked (no

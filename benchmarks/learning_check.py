@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from preftune.training.spec import PRECISIONS
+from preftune.contracts.spec import PRECISIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 ORCA = ROOT.parent / "shared" / "data" / "orca_dpo_pairs" / "orca_dpo_pairs.jsonl"
@@ -59,11 +59,11 @@ def evaluate(model_dir: Path, adapter: Path | None, data: Path, params: dict[str
     import torch
     from transformers import AutoModelForCausalLM
 
+    from preftune.contracts.spec import TrainingSpec
     from preftune.training.dataset import tokenize_file
     from preftune.training.logps import sequence_logps
     from preftune.training.losses import SequenceLogps, preference_loss
     from preftune.training.packing import pack
-    from preftune.training.spec import TrainingSpec
 
     spec = TrainingSpec.from_params(params)
     base: Any = AutoModelForCausalLM.from_pretrained(
@@ -104,7 +104,7 @@ def evaluate(model_dir: Path, adapter: Path | None, data: Path, params: dict[str
 
 
 def worker(method: str, model_dir: Path, train_file: Path, eval_file: Path, precision: str) -> dict[str, Any]:
-    from preftune.training.spec import TrainingSpec
+    from preftune.contracts.spec import TrainingSpec
     from preftune.training.trainer import train
 
     params = {**COMMON, **METHODS[method], "precision": precision}
@@ -166,7 +166,7 @@ def main() -> None:
         return
 
     from preftune.config import Settings
-    from preftune.training.models import resolve_model
+    from preftune.contracts.base_models import resolve_model
 
     lines = ORCA.read_text(encoding="utf-8").splitlines()
     if args.eval is None:

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from preftune.config import Settings
+from preftune.contracts.base_models import DEFAULT_MODEL, resolve_model
 from preftune.inference.batch import WorkerConfig
 from preftune.inference.local import EngineConfig, LocalEngine
 from preftune.inference.types import ModelTarget
-from preftune.training.models import DEFAULT_MODEL, resolve_model
 from serve_throughput import QUESTIONS, WARM_UP, preftune
 
 

@@ -40,12 +40,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
 from preftune.config import Settings
+from preftune.contracts.base_models import DEFAULT_MODEL, resolve_model
 from preftune.inference.batch import WorkerConfig
 from preftune.inference.local import EngineConfig, LocalEngine
 from preftune.inference.prompts import render_prompt
 from preftune.inference.types import Finished, ModelTarget, SamplingParams, TextDelta
-from preftune.training.models import DEFAULT_MODEL, resolve_model
-from preftune.training.packed_linear import pack_frozen_linears
+from preftune.kernels.packed_linear import pack_frozen_linears
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 START, END = "<!-- serve_throughput:start -->", "<!-- serve_throughput:end -->"
@@ -173,7 +173,7 @@ def gemm_seconds(model: Any, n_tokens: int, repeats: int = 5) -> float:
     """Median time of a prefill's matrix multiplications alone, for `n_tokens` prompt tokens.
 
     Every linear layer of the decoder times an `[n_tokens, in]` input (through the layer itself, so
-    with the kernel the engine uses: pre-packed oneDNN on x86, see `training/packed_linear.py`), and
+    with the kernel the engine uses: pre-packed oneDNN on x86, see `kernels/packed_linear.py`), and
     the output layer for one position: no attention, norms, activations, rotary embedding, Python or
     scheduling. No fp32 engine built on that GEMM prefills faster.
     """

@@ -41,14 +41,14 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from preftune.config import Settings
-from preftune.training.allocator import keep_freed_memory
+from preftune.contracts.base_models import DEFAULT_MODEL, resolve_model
+from preftune.contracts.spec import TrainingSpec
+from preftune.kernels.allocator import keep_freed_memory
 from preftune.training.dataset import check_file, tokenize_file
 from preftune.training.logps import sequence_logps
 from preftune.training.memory import split_by_tokens
 from preftune.training.modeling import load_policy, reference_mode, set_threads
-from preftune.training.models import DEFAULT_MODEL, resolve_model
 from preftune.training.packing import pack
-from preftune.training.spec import TrainingSpec
 from train_vs_trl import KNOBS, ORCA, write_pairs
 
 # addmm_: the streamed head's gradient; _linear_pointwise: the frozen layers' packed oneDNN matmuls.

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from preftune.training.spec import PRECISIONS
+from preftune.contracts.spec import PRECISIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 ORCA = ROOT.parent / "shared" / "data" / "orca_dpo_pairs" / "orca_dpo_pairs.jsonl"
@@ -175,8 +175,8 @@ def worker_trl(model_dir: Path, data: Path, bf16: bool, checkpointing: bool) -> 
 def worker_preftune(model_dir: Path, data: Path, precision: str) -> dict[str, Any]:
     import torch
 
+    from preftune.contracts.spec import TrainingSpec
     from preftune.training.callbacks import TRAINING_START, TrainCallbacks
-    from preftune.training.spec import TrainingSpec
     from preftune.training.trainer import train
 
     class Clock(TrainCallbacks):
@@ -223,13 +223,13 @@ def worker_matmul_peak(dtype_name: str, n: int = 1536) -> dict[str, Any]:
     """Best FLOP/s of a square matmul (the machine's practical peak for this dtype and thread count).
 
     The better of PyTorch's `torch.mm` and, in float32 where it runs, the pre-packed oneDNN matmul that
-    preftune's frozen layers use (`training/packed_linear.py`): MFU is measured against the fastest
+    preftune's frozen layers use (`kernels/packed_linear.py`): MFU is measured against the fastest
     kernel there is here, not against the one preftune happens to beat.
     """
     import torch
     from torch import nn
 
-    from preftune.training import packed_linear
+    from preftune.kernels import packed_linear
     from preftune.training.modeling import set_threads
 
     set_threads()
@@ -358,7 +358,7 @@ def main() -> None:
         return
 
     from preftune.config import Settings
-    from preftune.training.models import resolve_model
+    from preftune.contracts.base_models import resolve_model
 
     n_pairs = 16 if args.quick else args.pairs
     model_dir = resolve_model(MODEL, Settings().models_dir)

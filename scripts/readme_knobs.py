@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from preftune.training.spec import TrainingSpec
+from preftune.contracts.spec import TrainingSpec
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- knobs:start -->", "<!-- knobs:end -->"

@@ -11,8 +11,8 @@ from preftune.api.openai_schemas import (
     OpenAIJobCreate,
     openai_hyperparameters,
 )
+from preftune.contracts.spec import TrainingSpec
 from preftune.errors import InvalidRequestError
-from preftune.training.spec import TrainingSpec
 
 
 def test_dpo_hyperparameters_map_to_spec_names() -> None:

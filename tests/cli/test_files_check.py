@@ -103,7 +103,7 @@ def test_unknown_model_is_a_usage_error(good_file: Path, preftune_home: Path) ->
 
 def test_default_max_length_matches_training_spec() -> None:
     from preftune.cli.files_check import DEFAULT_MAX_LENGTH
-    from preftune.training.spec import TrainingSpec
+    from preftune.contracts.spec import TrainingSpec
 
     assert TrainingSpec.model_fields["max_length"].default == DEFAULT_MAX_LENGTH
 

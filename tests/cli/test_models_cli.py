@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from preftune.cli.main import app
-from preftune.training.models import DEFAULT_MODEL
+from preftune.contracts.base_models import DEFAULT_MODEL
 
 runner = CliRunner()
 

@@ -8,7 +8,7 @@ import typer.main
 from typer.testing import CliRunner
 
 from preftune.cli.fine_tuning import app
-from preftune.training.spec import TrainingSpec
+from preftune.contracts.spec import TrainingSpec
 
 
 def _create_command() -> Any:

@@ -11,8 +11,8 @@ import pytest
 from preftune.config import Settings
 from preftune.errors import InvalidRequestError
 from preftune.inference.local import LocalEngine
-from preftune.inference.serving import InferenceService
 from preftune.service import keys as key_service
+from preftune.service.serving import InferenceService
 from preftune.store.db import open_database
 
 

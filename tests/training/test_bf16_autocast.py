@@ -10,10 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from preftune.training import attention, logps
-from preftune.training.attention import block_attention
-from preftune.training.blocks import Block
-from preftune.training.elementwise import rms_norm
+from preftune.kernels import attention
+from preftune.kernels.attention import block_attention
+from preftune.kernels.blocks import Block
+from preftune.kernels.elementwise import rms_norm
+from preftune.training import logps
 
 
 def bf16_autocast() -> torch.autocast:

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from preftune.cli.main import app
 from preftune.cli.train import collect_spec
+from preftune.contracts.spec import TrainingSpec
 from preftune.errors import TrainingSpecError
-from preftune.training.spec import TrainingSpec
 
 
 def test_every_knob_is_a_flag_with_its_help() -> None:

@@ -17,9 +17,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from preftune.contracts.spec import TrainingSpec
 from preftune.errors import TrainingError
 from preftune.training.losses import LossOutput, SequenceLogps, preference_loss, sft_loss
-from preftune.training.spec import TrainingSpec
 
 
 def logps(

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from preftune.contracts.base_models import DEFAULT_MODEL, resolve_model
+from preftune.contracts.spec import TrainingSpec
 from preftune.data import iter_examples
 from preftune.training.logps import sequence_logps
-from preftune.training.models import DEFAULT_MODEL, resolve_model
 from preftune.training.packing import pack
-from preftune.training.spec import TrainingSpec
 from preftune.training.tokenize import PairTokens, TruncationStats, tokenize_pair
 from preftune.training.trainer import train
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from preftune.training.spec import TrainingSpec
+from preftune.contracts.spec import TrainingSpec
 from preftune.training.trainer import train
 
 KNOBS = {

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from preftune.contracts.spec import TrainingSpec
 from preftune.training.callbacks import TRAINING_COMPLETE, TRAINING_START
-from preftune.training.spec import TrainingSpec
 from preftune.training.tracking import RUN_ID_FILE, WandbTracker, wandb_callbacks, wandb_keys
 
 SECRET = "sk-test-" + "0123456789abcdef" * 2

@@ -13,9 +13,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 import preftune.training.trainer as trainer_module
+from preftune.contracts.spec import TrainingSpec
 from preftune.errors import DataValidationError, InvalidRequestError, ModelNotFoundError, TrainingSpecError
 from preftune.training.callbacks import TrainCallbacks
-from preftune.training.spec import TrainingSpec
 from preftune.training.trainer import train
 
 TRAIN_KEYS = {

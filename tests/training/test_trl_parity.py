@@ -20,11 +20,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from preftune.contracts.spec import TrainingSpec
 from preftune.data import PreferenceExample, iter_examples
 from preftune.training.logps import sequence_logps
 from preftune.training.losses import SequenceLogps, preference_loss
 from preftune.training.packing import pack
-from preftune.training.spec import TrainingSpec
 from preftune.training.tokenize import PairTokens, TruncationStats, tokenize_pair
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")

@@ -16,8 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from preftune.contracts.spec import TrainingSpec
 from preftune.errors import PreftuneError
-from preftune.training.spec import TrainingSpec
 
 log = logging.getLogger("preftune.api")
 

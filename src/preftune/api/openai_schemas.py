@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from preftune.contracts.spec import TrainingSpec
 from preftune.errors import InvalidRequestError
-from preftune.training.spec import TrainingSpec
 
 # learning_rate = learning_rate_multiplier x this; a multiplier of 1 is TrainingSpec's default.
 BASE_LEARNING_RATE: float = TrainingSpec.model_fields["learning_rate"].default

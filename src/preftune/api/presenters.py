@@ -18,9 +18,9 @@ from preftune.api.openai_schemas import (
     OpenAIJobEvent,
     openai_hyperparameters,
 )
+from preftune.contracts.spec import SECRET_FIELDS, TrainingSpec
 from preftune.service.files import report_summary
 from preftune.store import models
-from preftune.training.spec import SECRET_FIELDS, TrainingSpec
 
 
 def _ts(value: float | None) -> int | None:

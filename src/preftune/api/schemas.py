@@ -11,7 +11,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from preftune.training.spec import TrainingSpec
+from preftune.contracts.spec import TrainingSpec
 
 T = TypeVar("T")
 

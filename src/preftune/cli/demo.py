@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 
 from preftune.config import Settings
-from preftune.training.models import DEFAULT_MODEL
+from preftune.contracts.base_models import DEFAULT_MODEL
 
 console = Console(highlight=False)
 

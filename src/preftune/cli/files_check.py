@@ -123,7 +123,7 @@ def token_statistics(
 ) -> dict[str, Any]:
     """Token statistics with the model's own tokenizer and chat template (raises PreftuneError)."""
     from preftune.config import Settings
-    from preftune.training.token_report import token_statistics as collect_stats
+    from preftune.contracts.token_report import token_statistics as collect_stats
 
     return collect_stats(
         path,

@@ -38,7 +38,7 @@ from preftune.cli.common import (
     print_table,
 )
 from preftune.cli.spec_flags import parse_knob, spec_parameter
-from preftune.training.spec import TrainingSpec
+from preftune.contracts.spec import TrainingSpec
 
 app = typer.Typer(no_args_is_help=True)
 

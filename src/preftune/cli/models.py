@@ -36,7 +36,7 @@ AS_OPTION = typer.Option(
 
 
 def _model_rows(models_dir: Path) -> list[dict[str, Any]]:
-    from preftune.training.models import list_models
+    from preftune.contracts.base_models import list_models
 
     return [
         {
@@ -91,7 +91,7 @@ def _copy_model_dir(source: Path, target: Path) -> Path:
 
 def import_model(name: str, models_dir: Path, as_name: str | None = None) -> tuple[Path, bool]:
     """Import `name` into `models_dir`; return (path, whether anything was imported just now)."""
-    from preftune.training.models import EMBEDDED_MODELS, import_embedded
+    from preftune.contracts.base_models import EMBEDDED_MODELS, import_embedded
 
     if name in EMBEDDED_MODELS:
         target = models_dir / name

@@ -15,7 +15,7 @@ import typer
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
-from preftune.training.spec import TrainingSpec
+from preftune.contracts.spec import TrainingSpec
 
 
 def _cli_type(annotation: Any) -> Any:

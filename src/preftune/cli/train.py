@@ -18,8 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from preftune.cli.common import console, handle_errors
 from preftune.cli.spec_flags import parse_knob, spec_parameter
+from preftune.contracts.spec import TrainingSpec
 from preftune.training.callbacks import TrainCallbacks
-from preftune.training.spec import TrainingSpec
 
 
 def _fmt_eta(seconds: float | None) -> str:

@@ -40,7 +40,7 @@ from preftune.inference.prefix_cache import PrefixCache
 from preftune.inference.prompts import end_of_turn_ids
 from preftune.inference.sampling import make_generator, sample_token
 from preftune.inference.types import Finished, FinishReason, SamplingParams, StreamEvent, TextDelta
-from preftune.training.packed_linear import pack_frozen_linears
+from preftune.kernels.packed_linear import pack_frozen_linears
 
 log = logging.getLogger(__name__)
 

@@ -70,7 +70,7 @@ def child_main(payload: dict[str, Any], queue: Any, stop_event: Any, parent_pid:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _log_to(Path(payload["output_dir"]) / LOG_FILE)
     try:
-        from preftune.training.spec import TrainingSpec
+        from preftune.contracts.spec import TrainingSpec
         from preftune.training.trainer import train
 
         spec = TrainingSpec.model_validate(payload["spec"])

@@ -275,7 +275,7 @@ class Runner:
         with self.db.session() as session:
             if outcome is not None and outcome[0] == "result" and outcome[1]["status"] == "completed":
                 result = outcome[1]
-                from preftune.training.models import resolve_model
+                from preftune.contracts.base_models import resolve_model
 
                 runs.complete_job(
                     session,

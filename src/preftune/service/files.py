@@ -258,7 +258,7 @@ def report_with_token_stats(
 @functools.lru_cache(maxsize=64)
 def _cached_token_stats(path: str, model: str, max_length: int, models_dir: str) -> dict[str, Any]:
     # Blobs are content-addressed and immutable, so (path, model, max_length) fixes the answer.
-    from preftune.training.token_report import token_statistics
+    from preftune.contracts.token_report import token_statistics
 
     return token_statistics(Path(path), model, max_length, Path(models_dir))
 

@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from preftune.config import Settings
+from preftune.contracts.spec import TrainingSpec
 from preftune.errors import (
     ConflictError,
     DataValidationError,
@@ -28,7 +29,6 @@ from preftune.service.models import FT_PREFIX, resolve_for_owner
 from preftune.service.secrets import encrypt_secret
 from preftune.service.states import JobStatus, check_transition, is_terminal
 from preftune.store.models import Checkpoint, File, Job, JobEvent, JobMetric
-from preftune.training.spec import TrainingSpec
 
 JOB_ID_PREFIX = "ftjob"
 CHECKPOINT_REF_RE = re.compile(r"^(ftjob-[A-Za-z0-9]+)(?::([0-9]+))?$")
@@ -211,7 +211,7 @@ def create_job(
         model = source.model if source is not None else str(tuned.base_model_path)
         weights = tuned.adapter_path or tuned.merged_path
         checkpoint_path = str(weights) if weights is not None else None
-    from preftune.training.models import resolve_model
+    from preftune.contracts.base_models import resolve_model
 
     resolve_model(model, settings.models_dir)  # raises ModelNotFoundError naming `model`
 

@@ -67,7 +67,7 @@ def resolve_for_owner(
     if record is not None:
         return _resolved(record)
     if not name.startswith(FT_PREFIX) and models_dir is not None:
-        from preftune.training.models import resolve_model
+        from preftune.contracts.base_models import resolve_model
 
         return ResolvedModel(name=name, base_model_path=resolve_model(name, models_dir))
     raise ModelNotFoundError(

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from preftune.contracts.spec import TrainingSpec
 from preftune.errors import DataValidationError
-from preftune.training.spec import TrainingSpec
 from preftune.training.tokenize import (
     ChatTokenizer,
     PairTokens,

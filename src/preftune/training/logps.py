@@ -27,8 +27,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from preftune.training.attention import use_block_attention
-from preftune.training.autocast import autocast_dtype
+from preftune.kernels.attention import use_block_attention
+from preftune.kernels.autocast import autocast_dtype
 from preftune.training.packing import PackedBatch
 
 # Float32 logits kept alive at once by the chunked log-softmax of a head that cannot be streamed.

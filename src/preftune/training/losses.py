@@ -41,8 +41,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from preftune.contracts.spec import TrainingSpec
 from preftune.errors import TrainingError
-from preftune.training.spec import TrainingSpec
 
 
 @dataclass

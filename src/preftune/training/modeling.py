@@ -21,12 +21,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from preftune.contracts.spec import TrainingSpec
 from preftune.errors import TrainingSpecError
-from preftune.training.autocast import cpu_has_fast_bf16
-from preftune.training.elementwise import use_fast_elementwise
-from preftune.training.fused import fuse_lora_layers
-from preftune.training.packed_linear import pack_frozen_linears
-from preftune.training.spec import TrainingSpec
+from preftune.kernels.autocast import cpu_has_fast_bf16
+from preftune.kernels.elementwise import use_fast_elementwise
+from preftune.kernels.fused import fuse_lora_layers
+from preftune.kernels.packed_linear import pack_frozen_linears
 
 REFERENCE_ADAPTER = "reference"
 

@@ -3,7 +3,7 @@
 A preference pair is one segment `[prompt][chosen][rejected]`: the prompt is computed once for
 both answers. The rejected answer cannot see the chosen one and its position ids restart after the
 prompt, so each answer is computed exactly as if it followed the prompt alone. Segments are laid end
-to end in a single row with no padding; `blocks` tells the attention (`training.attention`) where
+to end in a single row with no padding; `blocks` tells the attention (`kernels.attention`) where
 each segment's attention blocks are, so no example sees another.
 
 Log-probs are needed only at answer tokens: `gather` says which hidden state predicts each target
@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from preftune.training.blocks import Block
+from preftune.kernels.blocks import Block
 from preftune.training.tokenize import PairTokens, SFTTokens
 
 
@@ -27,7 +27,7 @@ from preftune.training.tokenize import PairTokens, SFTTokens
 class PackedBatch:
     input_ids: torch.Tensor  # [1, T] long
     position_ids: torch.Tensor  # [1, T] long
-    blocks: list[Block]  # attention blocks along the row, see training.attention
+    blocks: list[Block]  # attention blocks along the row, see kernels.attention
     gather: torch.Tensor  # [N] long: position in the row of the hidden state that predicts the target
     targets: torch.Tensor  # [N] long
     slots: torch.Tensor  # [N] long

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from preftune.training.spec import TrainingSpec
+from preftune.contracts.spec import TrainingSpec
 
 
 def warmup_steps(spec: TrainingSpec, total_steps: int) -> int:

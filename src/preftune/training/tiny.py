@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from preftune.training.models import DEFAULT_MODEL, EMBEDDED_MODELS
+from preftune.contracts.base_models import DEFAULT_MODEL, EMBEDDED_MODELS
 
 
 def _tokenizer_source(models_dir: Path | None) -> tuple[str, str | None]:

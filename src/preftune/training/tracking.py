@@ -19,8 +19,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from preftune.contracts.spec import TrainingSpec
 from preftune.training.callbacks import TRAINING_COMPLETE, TrainCallbacks
-from preftune.training.spec import TrainingSpec
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,11 @@ from typing import Any
 
 import torch
 
+from preftune.contracts.base_models import resolve_model
+from preftune.contracts.spec import TrainingSpec
 from preftune.errors import InvalidRequestError, PreftuneError, TrainingError
+from preftune.kernels.allocator import keep_freed_memory
 from preftune.training import callbacks as events
-from preftune.training.allocator import keep_freed_memory
 from preftune.training.callbacks import CallbackList, TrainCallbacks
 from preftune.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 from preftune.training.dataset import TokenizedData, check_file, tokenize_file
@@ -36,7 +38,6 @@ from preftune.training.modeling import (
     select_device,
     set_threads,
 )
-from preftune.training.models import resolve_model
 from preftune.training.outputs import (
     METRICS_FILE,
     MetricsLog,
@@ -48,7 +49,6 @@ from preftune.training.packing import PackedBatch, pack
 from preftune.training.result import TrainResult
 from preftune.training.sampling import epoch_steps, micro_batches, steps_per_epoch
 from preftune.training.schedule import build_scheduler
-from preftune.training.spec import TrainingSpec
 from preftune.training.tokenize import PairTokens, SFTTokens
 from preftune.training.tracking import wandb_callbacks
 

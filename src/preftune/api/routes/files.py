@@ -13,12 +13,12 @@ from sqlalchemy.orm import Session
 from preftune.api import presenters, schemas
 from preftune.api.deps import get_blobs, get_database, get_db, get_owner, get_settings
 from preftune.config import Settings
+from preftune.contracts.spec import TrainingSpec
 from preftune.errors import PayloadTooLargeError
 from preftune.service import files as file_service
 from preftune.service.keys import Caller
 from preftune.store.blobs import BlobStore
 from preftune.store.db import Database
-from preftune.training.spec import TrainingSpec
 
 router = APIRouter(tags=["files"])
 

@@ -15,9 +15,9 @@ from preftune.api import presenters, schemas
 from preftune.api.archive import cached_tar
 from preftune.api.deps import get_db, get_owner, get_settings
 from preftune.config import Settings
+from preftune.contracts.spec import TrainingSpec
 from preftune.service import jobs as job_service
 from preftune.service.keys import Caller
-from preftune.training.spec import TrainingSpec
 
 router = APIRouter(tags=["fine-tunes"])
 

@@ -25,10 +25,10 @@ from preftune.inference import openai_types as oai
 from preftune.inference.engine import Generation
 from preftune.inference.local import EngineConfig, LocalEngine
 from preftune.inference.prompts import normalize_messages
-from preftune.inference.serving import InferenceService, target_of
 from preftune.inference.types import Completion, Finished, TextDelta
 from preftune.service import models as model_service
 from preftune.service.keys import Caller
+from preftune.service.serving import InferenceService, target_of
 from preftune.store.models import Deployment
 
 log = logging.getLogger("preftune.api.inference")
@@ -171,7 +171,7 @@ async def _sse(
 
 # -- models ---------------------------------------------------------------------------------
 def _models(inference: InferenceService, settings: Settings, owner_id: str) -> list[oai.ModelObject]:
-    from preftune.training.models import list_models
+    from preftune.contracts.base_models import list_models
 
     loaded = {m.base_path for m in inference.engine.loaded()}
     out: list[oai.ModelObject] = []

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from preftune.training import attention, bf16_attention
-from preftune.training.attention import block_attention
-from preftune.training.bf16_attention import bf16_block_attention
-from preftune.training.blocks import Block
+from preftune.kernels import attention, bf16_attention
+from preftune.kernels.attention import block_attention
+from preftune.kernels.bf16_attention import bf16_block_attention
+from preftune.kernels.blocks import Block
 
 # A causal block longer than a chunk, a block after a prompt (its last chunk short), a short causal block.
 BLOCKS: list[Block] = [(11, 0), (7, 5), (3, 0)]

@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from preftune.contracts.base_models import resolve_model
 from preftune.data import Example, iter_examples
 from preftune.data.token_stats import collect
 from preftune.errors import PreftuneError
-from preftune.training.models import resolve_model
 
 
 def token_statistics(

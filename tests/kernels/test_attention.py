@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from preftune.training import attention
-from preftune.training.attention import block_attention
-from preftune.training.blocks import Block
+from preftune.kernels import attention
+from preftune.kernels.attention import block_attention
+from preftune.kernels.blocks import Block
 
 
 def dense_mask(blocks: list[Block], window: int | None) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """The block layout of a packed row, shared by the packer and both attention kernels.
 
 A packed row (`training.packing`) is a run of attention blocks; each is described by a `Block`, and
-a block longer than `QUERY_CHUNK` tokens is computed as chunks of queries (`training.attention`,
-`training.bf16_attention`).
+a block longer than `QUERY_CHUNK` tokens is computed as chunks of queries (`kernels.attention`,
+`kernels.bf16_attention`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from preftune.training import allocator
+from preftune.kernels import allocator
 
 # A training pass in miniature, in a fresh process: a 30 MB block (an output-layer tile), then a
 # layer's worth of 4 MB activations allocated, written and freed, round after round. Prints, from
@@ -21,7 +21,7 @@ from preftune.training import allocator
 ROUNDS, BLOCKS, BLOCK_BYTES, TILE_BYTES = 4, 16, 4 * 1024 * 1024, 30 * 1024 * 1024
 CHURN = f"""
 import ctypes, ctypes.util, json, resource, sys, torch
-from preftune.training.allocator import keep_freed_memory
+from preftune.kernels.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 class MallInfo2(ctypes.Structure):

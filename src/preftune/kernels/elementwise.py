@@ -19,14 +19,14 @@ architecture keeps its own code.
 
 from __future__ import annotations
 
-import sys
 import types
 from typing import Any
 
 import torch
 from torch import nn
 
-from preftune.training.autocast import autocast_dtype
+from preftune.kernels.autocast import autocast_dtype
+from preftune.kernels.binding import bind_method_globals, global_names
 
 # Norms computing `weight * (x * rsqrt(mean(x^2) + variance_epsilon))` in float32, cast back to the
 # input dtype before the weight (Gemma's `1 + weight` variant is deliberately absent).
@@ -133,22 +133,23 @@ def _rms_norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
 
 
 def use_fast_elementwise(model: nn.Module) -> int:
-    """Switch `model`'s Llama-style RMSNorms and rotary embedding to the versions above.
+    """Switch this `model`'s Llama-style RMSNorms and rotary embedding to the versions above.
 
-    Norms are switched per module. The rotary embedding is a function of the model's modeling
-    module, looked up when each attention layer runs, so it is replaced there, for every model of
-    that architecture in the process (its results are the same). Returns how many norms switched.
+    Everything is bound to the instance: each norm gets its own `forward`, and each attention layer
+    whose `forward` calls its modeling module's `apply_rotary_pos_emb` gets a copy of that forward
+    reading ours instead (`kernels.binding`). transformers' modules and every other model in the
+    process are untouched. Returns how many modules switched (norms plus attention layers).
     """
     count = 0
-    modeling: set[str] = set()
     for module in model.modules():
         if type(module).__name__ in RMSNORM_CLASSES and hasattr(module, "variance_epsilon"):
             module.forward = types.MethodType(_rms_norm_forward, module)  # type: ignore[method-assign]
             count += 1
-        if type(module).__module__ in ROTARY_MODULES:
-            modeling.add(type(module).__module__)
-    for name in modeling:
-        source = sys.modules[name]
-        if callable(getattr(source, "apply_rotary_pos_emb", None)):
-            source.apply_rotary_pos_emb = apply_rotary_pos_emb  # type: ignore[attr-defined]
+        elif (
+            type(module).__module__ in ROTARY_MODULES
+            and "apply_rotary_pos_emb" in global_names(type(module).forward)
+            and "forward" not in vars(module)  # already switched
+        ):
+            bind_method_globals(module, "forward", {"apply_rotary_pos_emb": apply_rotary_pos_emb})
+            count += 1
     return count

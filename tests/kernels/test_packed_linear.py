@@ -11,8 +11,8 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from preftune.training import packed_linear
-from preftune.training.packed_linear import pack_frozen_linears
+from preftune.kernels import packed_linear
+from preftune.kernels.packed_linear import pack_frozen_linears
 
 pytestmark = pytest.mark.skipif(not packed_linear.available(), reason="this PyTorch build has no oneDNN")
 

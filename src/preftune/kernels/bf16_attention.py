@@ -3,7 +3,7 @@
 On a CPU with native bf16 (AVX512-BF16, AMX), oneDNN runs attention's small batched matmuls in bf16
 about ten times faster than in float32 (SmolLM2's `[3, 384, 64] x [3, 64, 500]`: 539 against 52
 GFLOP/s on a 2-core Zen 5 EPYC), while PyTorch's CPU flash kernel reaches about 90 GFLOP/s in either
-dtype. So under bf16 autocast each query chunk of a block (see `training.attention`) is computed as
+dtype. So under bf16 autocast each query chunk of a block (see `kernels.attention`) is computed as
 
     S = (q * scale) K^T      P = softmax(S) (float32 inside)      O = P V
 
@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from preftune.training.blocks import QUERY_CHUNK, Block
+from preftune.kernels.blocks import QUERY_CHUNK, Block
 
 # Per (group, dtype, chunk): the additive causal mask of a full chunk, its rows repeated `group` times
 # (one per query head of a key/value head); a shorter chunk's mask is its top-left corner.
@@ -169,7 +169,7 @@ def bf16_block_attention(
 ) -> torch.Tensor:
     """Causal block attention of query [1, H, T, D] over key/value [1, Hkv, T, D] -> [1, T, H, D] in `dtype`.
 
-    No sliding window, no dropout: `training.attention` sends only those cases here.
+    No sliding window, no dropout: `kernels.attention` sends only those cases here.
     """
     if query.shape[0] != 1:
         raise ValueError(f"bf16_block_attention takes one packed row, not a batch of {query.shape[0]}")

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from preftune.training.autocast import autocast_dtype
+from preftune.kernels.autocast import autocast_dtype
 
 
 @functools.cache

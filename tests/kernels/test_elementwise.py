@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,8 @@ import torch
 import transformers.models.llama.modeling_llama as llama
 from transformers import AutoModelForCausalLM
 
-from preftune.training import elementwise
-from preftune.training.elementwise import apply_rotary_pos_emb, rms_norm, use_fast_elementwise
+from preftune.kernels import elementwise
+from preftune.kernels.elementwise import apply_rotary_pos_emb, rms_norm, use_fast_elementwise
 
 
 def test_rms_norm_gradients_are_exact() -> None:
@@ -52,11 +53,8 @@ def forward_and_grads(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.
 
 
 @pytest.mark.parametrize("frozen_norms", [False, True])
-def test_a_switched_model_equals_the_original(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, frozen_norms: bool
-) -> None:
-    # The switch replaces a function of transformers' modeling module: put the original back after.
-    monkeypatch.setattr(llama, "apply_rotary_pos_emb", llama.apply_rotary_pos_emb)
+def test_a_switched_model_equals_the_original(tiny_model_dir: Path, frozen_norms: bool) -> None:
+    original_rotary = llama.apply_rotary_pos_emb
     ids = torch.randint(3, 500, (2, 13))
     results = []
     for switched in (False, True):
@@ -65,8 +63,16 @@ def test_a_switched_model_equals_the_original(
             if frozen_norms and "norm" in name:
                 param.requires_grad_(False)
         if switched:
-            assert use_fast_elementwise(model) == 2 * model.config.num_hidden_layers + 1
-            assert llama.apply_rotary_pos_emb is elementwise.apply_rotary_pos_emb
+            layers = model.config.num_hidden_layers
+            # Two norms a layer and the final one, plus each layer's attention.
+            assert use_fast_elementwise(model) == 3 * layers + 1
+            assert use_fast_elementwise(model) == 2 * layers + 1  # attention is not switched twice
+            assert llama.apply_rotary_pos_emb is original_rotary  # transformers' module untouched
+            attention = model.model.layers[0].self_attn
+            assert (
+                inspect.unwrap(attention.forward.__func__).__globals__["apply_rotary_pos_emb"]
+                is elementwise.apply_rotary_pos_emb
+            )
         results.append(forward_and_grads(model, ids))
     (plain_logits, plain_grads), (fast_logits, fast_grads) = results
     torch.testing.assert_close(fast_logits, plain_logits, atol=1e-5, rtol=1e-5)

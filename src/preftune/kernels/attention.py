@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from preftune.training.autocast import autocast_dtype, cpu_has_fast_bf16
-from preftune.training.bf16_attention import bf16_block_attention
-from preftune.training.blocks import QUERY_CHUNK, Block
+from preftune.kernels.autocast import autocast_dtype, cpu_has_fast_bf16
+from preftune.kernels.bf16_attention import bf16_block_attention
+from preftune.kernels.blocks import QUERY_CHUNK, Block
 
 IMPLEMENTATION = "preftune_blocks"
 

@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from preftune.training.fused import fuse_lora_layers
+from preftune.kernels.fused import fuse_lora_layers
 
 
 def lora_model(tiny_model_dir: Path, fused: bool) -> torch.nn.Module:
