@@ -62,7 +62,7 @@ def evaluate(model_dir: Path, adapter: Path | None, data: Path, params: dict[str
     from preftune.contracts.spec import TrainingSpec
     from preftune.training.dataset import tokenize_file
     from preftune.training.logps import sequence_logps
-    from preftune.training.losses import SequenceLogps, preference_loss
+    from preftune.training.losses import SequenceLogps, loss_for
     from preftune.training.packing import pack
 
     spec = TrainingSpec.from_params(params)
@@ -93,13 +93,13 @@ def evaluate(model_dir: Path, adapter: Path | None, data: Path, params: dict[str
                 else:
                     ref_sums = sums
                 reference = SequenceLogps(ref_sums[0::2], ref_sums[1::2], counts[0::2], counts[1::2])
-            out = preference_loss(policy, reference, spec)
+            out = loss_for(spec)(policy, reference)  # type: ignore[arg-type]
             for key in ("rewards/accuracies", "rewards/margins"):
                 collected.setdefault(key, []).append(out.metrics[key])
             collected.setdefault("pref_acc", []).append(
                 (policy.chosen_mean() > policy.rejected_mean()).float()
             )
-            collected.setdefault("loss", []).append(out.loss.reshape(1).repeat(len(batch.indices)))
+            collected.setdefault("loss", []).append(out.mean().reshape(1).repeat(len(batch.indices)))
     return {key: float(torch.cat(values).mean()) for key, values in collected.items()} | {"n": len(examples)}
 
 

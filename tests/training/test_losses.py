@@ -11,6 +11,7 @@ Useful identity: log sigma(-x) = log sigma(x) - x, and -log sigma(x) = log(1 + e
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -19,7 +20,36 @@ from hypothesis import strategies as st
 
 from preftune.contracts.spec import TrainingSpec
 from preftune.errors import TrainingError
-from preftune.training.losses import LossOutput, SequenceLogps, preference_loss, sft_loss
+from preftune.training.losses import (
+    PREFERENCE_LOSSES,
+    ExampleLogps,
+    LossTerms,
+    SequenceLogps,
+    loss_for,
+    step_normalisers,
+)
+from preftune.training.losses.rpo import RPO
+from preftune.training.losses.sft import SFT
+from preftune.training.tokenize import PairTokens, SFTTokens
+
+
+@dataclass
+class Out:
+    """One batch's loss (its terms over its own normalisers) and its metrics."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor]
+    terms: LossTerms
+
+
+def preference_loss(policy: SequenceLogps, reference: SequenceLogps | None, spec: TrainingSpec) -> Out:
+    terms = loss_for(spec)(policy, reference)  # type: ignore[arg-type]
+    return Out(terms.mean(), terms.metrics, terms)
+
+
+def sft_loss(sums: torch.Tensor, tokens: torch.Tensor) -> Out:
+    terms = SFT()(ExampleLogps(sums, tokens), None)
+    return Out(terms.mean(), terms.metrics, terms)
 
 
 def logps(
@@ -58,7 +88,7 @@ def test_sigmoid_dpo_values_and_metrics() -> None:
     """beta*delta = (0.4, -0.2): losses log(1+e^-0.4) = 0.513015 and log(1+e^0.2) = 0.798139, mean 0.655577.
     rewards/chosen = beta*h_c = (0.2, -0.1), rewards/rejected = (-0.2, 0.1), margins (0.4, -0.2)."""
     out = preference_loss(policy(), reference(), spec(dpo_beta=0.1))
-    assert isinstance(out, LossOutput)
+    assert isinstance(out.terms, LossTerms)
     assert out.loss.shape == ()
     assert_close(out.loss, (softplus(-0.4) + softplus(0.2)) / 2)
     assert_close(out.loss, 0.655577, tol=1e-6)
@@ -240,6 +270,77 @@ def test_mismatched_batch_sizes_are_named() -> None:
         logps([-1.0, -2.0], [-1.0], [1.0], [1.0])
 
 
-def test_sft_spec_is_refused() -> None:
-    with pytest.raises(TrainingError, match="training_method=dpo"):
-        preference_loss(policy(), reference(), spec(training_method="sft"))
+def test_sft_spec_gets_the_sft_loss() -> None:
+    loss = loss_for(spec(training_method="sft"))
+    assert isinstance(loss, SFT) and not loss.needs_reference
+
+
+@pytest.mark.parametrize(
+    ("params", "name", "needs_reference"),
+    [
+        ({}, "sigmoid", True),
+        ({"dpo_normalize_logratios_by_length": True}, "length_normalized", True),
+        ({"dpo_label_smoothing": 0.1}, "robust", True),
+        ({"dpo_loss_type": "ipo"}, "ipo", True),
+        ({"dpo_loss_type": "hinge"}, "hinge", True),
+        # Together's flags: simpo_gamma turns on SimPO whatever the length flag says, and drops the reference.
+        ({"simpo_gamma": 0.5}, "simpo", False),
+        ({"simpo_gamma": 0.5, "dpo_normalize_logratios_by_length": True}, "simpo", False),
+        ({"training_method": "sft"}, "sft", False),
+    ],
+)
+def test_the_spec_resolves_one_method(params: dict[str, object], name: str, needs_reference: bool) -> None:
+    s = spec(**params)
+    assert s.loss_name == name
+    loss = loss_for(s)
+    assert loss.name == name and loss.needs_reference is needs_reference is s.needs_reference
+    with_rpo = loss_for(spec(**params, rpo_alpha=1.0)) if name != "sft" else None
+    if with_rpo is not None:
+        assert isinstance(with_rpo, RPO) and with_rpo.base.name == name
+        assert with_rpo.needs_reference is needs_reference
+
+
+def test_every_preference_loss_has_a_module_named_after_it() -> None:
+    import importlib
+
+    for name, cls in PREFERENCE_LOSSES.items():
+        module = importlib.import_module(f"preftune.training.losses.{name}")
+        assert getattr(module, cls.__name__) is cls
+
+
+@pytest.mark.parametrize("params", [{}, {"rpo_alpha": 0.5}, {"simpo_gamma": 1.0, "rpo_alpha": 1.0}])
+def test_split_batches_add_up_to_the_whole_with_the_steps_normalisers(params: dict[str, object]) -> None:
+    """RPO's NLL is per token over the whole step: two halves, each over the step's counts, sum to the
+    whole batch's loss; each half's own mean (the old per-micro-batch weighting) would not."""
+    s = spec(dpo_beta=0.1, **params)
+    pol, ref = policy(), reference()
+    whole = loss_for(s)(pol, ref)  # type: ignore[arg-type]
+    pairs = [
+        PairTokens(i, [1], [2] * int(pol.chosen_tokens[i]), [3] * int(pol.rejected_tokens[i]))
+        for i in range(2)
+    ]
+    norms = step_normalisers(pairs)
+    assert norms == {"pairs": 2.0, "chosen_tokens": 5.0, "target_tokens": 0.0}
+    halves = [
+        loss_for(s)(
+            logps(
+                [pol.chosen[i].item()],
+                [pol.rejected[i].item()],
+                [pol.chosen_tokens[i].item()],  # type: ignore[arg-type]
+                [pol.rejected_tokens[i].item()],
+            ),
+            logps(
+                [ref.chosen[i].item()],
+                [ref.rejected[i].item()],
+                [ref.chosen_tokens[i].item()],
+                [ref.rejected_tokens[i].item()],
+            ),
+        )
+        for i in range(2)
+    ]
+    assert_close(sum(h.scaled(norms) for h in halves), whole.mean().item(), tol=1e-6)  # type: ignore[arg-type]
+
+
+def test_sft_normaliser_counts_labelled_targets_after_the_first_token() -> None:
+    examples = [SFTTokens(1, [5, 6, 7], [True, True, False]), SFTTokens(2, [5, 6], [False, True])]
+    assert step_normalisers(examples)["target_tokens"] == 2.0

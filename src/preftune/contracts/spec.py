@@ -35,6 +35,8 @@ SECRET_FIELDS = frozenset({"wandb_api_key"})
 # The training precisions, named once for the spec and the scripts that pass one through.
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+# The objectives `TrainingSpec.loss_name` resolves to (one module each in `training.losses`).
+LossName = Literal["sigmoid", "length_normalized", "robust", "ipo", "hinge", "simpo", "sft"]
 
 
 class TrainingSpec(BaseModel):
@@ -323,13 +325,39 @@ class TrainingSpec(BaseModel):
 
     # --- derived ------------------------------------------------------------------
     @property
+    def loss_name(self) -> LossName:
+        """The objective, resolved once; the hosted services' flags keep their meaning:
+
+        sft for training_method=sft; simpo when simpo_gamma > 0 (it force-enables length
+        normalisation and drops the reference model, as Together documents); ipo or hinge by
+        dpo_loss_type; robust when dpo_label_smoothing > 0; length_normalized with
+        dpo_normalize_logratios_by_length; otherwise sigmoid. rpo_alpha > 0 adds the chosen NLL to
+        any preference loss (`uses_rpo`). `training.losses` has one module for each name.
+        """
+        if self.training_method == "sft":
+            return "sft"
+        if self.simpo_gamma > 0:
+            return "simpo"
+        if self.dpo_loss_type != "sigmoid":
+            return self.dpo_loss_type
+        if self.dpo_label_smoothing > 0:
+            return "robust"
+        if self.dpo_normalize_logratios_by_length:
+            return "length_normalized"
+        return "sigmoid"
+
+    @property
+    def uses_rpo(self) -> bool:
+        return self.training_method == "dpo" and self.rpo_alpha > 0
+
+    @property
     def is_simpo(self) -> bool:
-        return self.training_method == "dpo" and self.simpo_gamma > 0
+        return self.loss_name == "simpo"
 
     @property
     def needs_reference(self) -> bool:
         """SimPO and SFT are reference-free; every other DPO variant needs reference log-probs."""
-        return self.training_method == "dpo" and not self.is_simpo
+        return self.loss_name not in ("simpo", "sft")
 
     def public_dict(self) -> dict[str, Any]:
         """The resolved hyperparameters as shown to users: secrets reduced to whether they are set."""

@@ -10,7 +10,6 @@ and then evaluate and checkpoint. `should_stop()` is polled before every micro-b
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 import time
@@ -28,7 +27,7 @@ from preftune.training.callbacks import CallbackList, TrainCallbacks
 from preftune.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 from preftune.training.dataset import TokenizedData, check_file, tokenize_file
 from preftune.training.logps import sequence_logps
-from preftune.training.losses import LossOutput, SequenceLogps, preference_loss, sft_loss
+from preftune.training.losses import ExampleLogps, LossTerms, SequenceLogps, loss_for, step_normalisers
 from preftune.training.memory import MemoryPlan, plan_memory, split_by_tokens
 from preftune.training.modeling import (
     Policy,
@@ -49,7 +48,7 @@ from preftune.training.packing import PackedBatch, pack
 from preftune.training.result import TrainResult
 from preftune.training.sampling import epoch_steps, micro_batches, steps_per_epoch
 from preftune.training.schedule import build_scheduler
-from preftune.training.tokenize import PairTokens, SFTTokens
+from preftune.training.step import StepTotals, Stopped, accumulate, clip_and_step
 from preftune.training.tracking import wandb_callbacks
 
 REFERENCE_CACHE = "reference_logps.pt"
@@ -107,20 +106,6 @@ def train(
     return result
 
 
-def _n_targets(example: PairTokens | SFTTokens) -> int:
-    if isinstance(example, SFTTokens):
-        return sum(example.labels)
-    return len(example.chosen) + len(example.rejected)
-
-
-def _mean(values: list[torch.Tensor]) -> float:
-    return float(torch.cat(values).float().mean()) if values else float("nan")
-
-
-class _Stopped(Exception):
-    """`should_stop()` said yes outside the training loop (reference pass, evaluation)."""
-
-
 class _Run:
     """State of one run; `execute()` does the work."""
 
@@ -145,6 +130,7 @@ class _Run:
         self.callbacks = callbacks
         self.metrics = MetricsLog(output_dir / METRICS_FILE)
         self.is_dpo = spec.training_method == "dpo"
+        self.loss = loss_for(spec)
         self.reference_cache: dict[str, torch.Tensor] = {}
         self.reference_memo: dict[str, dict[int, torch.Tensor]] = {}
         self.policy_is_reference = False
@@ -255,7 +241,9 @@ class _Run:
             memo[i] = sums[2 * k : 2 * k + 2].detach().float().cpu()
         return sums
 
-    def _loss(self, batch: PackedBatch, split: str, ids: list[int]) -> LossOutput:
+    def _loss_terms(self, data: TokenizedData, split: str, ids: list[int]) -> tuple[LossTerms, int]:
+        """The loss terms of examples `ids` of `split`, and the tokens their pass ran."""
+        batch = self._batch(data, ids)
         # Until the first optimizer step a LoRA policy is its reference (a fresh adapter adds B = 0,
         # a continued one starts as the reference copy), so its own log-probs are the reference's:
         # the reference forward of the first step is skipped, exactly.
@@ -271,14 +259,10 @@ class _Run:
             for k, i in enumerate(ids):
                 memo[i] = reference[2 * k : 2 * k + 2].float().cpu()
         if not self.is_dpo:
-            return sft_loss(sums, counts)
-        policy = SequenceLogps(sums[0::2], sums[1::2], counts[0::2], counts[1::2])
-        ref = (
-            None
-            if reference is None
-            else SequenceLogps(reference[0::2], reference[1::2], counts[0::2], counts[1::2])
-        )
-        return preference_loss(policy, ref, self.spec)
+            return self.loss(ExampleLogps(sums, counts), None), batch.n_tokens  # type: ignore[arg-type]
+        policy = SequenceLogps.interleaved(sums, counts)
+        ref = None if reference is None else SequenceLogps.interleaved(reference, counts)
+        return self.loss(policy, ref), batch.n_tokens  # type: ignore[arg-type]
 
     def _build_reference_cache(self) -> None:
         """Full fine-tuning: reference log-probs of every example under the starting weights, once."""
@@ -295,7 +279,7 @@ class _Run:
             with torch.no_grad(), self._autocast():
                 for start in range(0, len(data.examples), self.spec.batch_size):
                     if self.callbacks.should_stop():
-                        raise _Stopped
+                        raise Stopped
                     ids = list(range(start, min(start + self.spec.batch_size, len(data.examples))))
                     sums, _ = sequence_logps(self.policy.model, self._batch(data, ids))
                     out[ids] = sums.float().reshape(-1, 2).cpu()
@@ -306,49 +290,36 @@ class _Run:
         torch.save(self.reference_cache, tmp)
         os.replace(tmp, path)
 
-    def _weights(self, data: TokenizedData, micro: list[list[int]]) -> list[float]:
-        """Each micro-batch's share of the step, so accumulation equals one big batch.
-
-        SFT's loss is a per-token mean, so its micro-batches weigh by target tokens; preference losses
-        are per-pair means, so they weigh by pairs.
-        """
-        if self.is_dpo:
-            sizes = [float(len(m)) for m in micro]
-        else:
-            sizes = [float(sum(_n_targets(data.examples[i]) for i in m)) for m in micro]
-        total = sum(sizes) or 1.0
-        return [s / total for s in sizes]
-
     # --- evaluation ----------------------------------------------------------------------------
     def _evaluate(self, step: int) -> dict[str, Any]:
+        """Loss and metrics over the whole validation set, with the same normalisers as a step."""
         assert self.eval_data is not None
         data = self.eval_data
+        size = self.spec.batch_size
+        passes = [
+            list(range(i, min(i + size, len(data.examples)))) for i in range(0, len(data.examples), size)
+        ]
         self.policy.model.eval()
-        collected: dict[str, list[torch.Tensor]] = {}
-        loss_sum, weight_sum = 0.0, 0.0
         try:
             with torch.no_grad():
-                for start in range(0, len(data.examples), self.spec.batch_size):
-                    if self.callbacks.should_stop():
-                        raise _Stopped
-                    ids = list(range(start, min(start + self.spec.batch_size, len(data.examples))))
-                    batch = self._batch(data, ids)
-                    out = self._loss(batch, "eval", ids)
-                    weight = float(len(ids)) if self.is_dpo else float(batch.targets.numel())
-                    loss_sum += float(out.loss) * weight
-                    weight_sum += weight
-                    for key, value in out.metrics.items():
-                        collected.setdefault(key, []).append(value.detach().float().cpu())
+                totals = accumulate(
+                    passes,
+                    step_normalisers(data.examples),
+                    lambda ids: self._loss_terms(data, "eval", ids),
+                    self.callbacks.should_stop,
+                )
         finally:
             self.policy.model.train()
-        line: dict[str, Any] = {
+        return {**self._line(step, "eval", totals)}
+
+    def _line(self, step: int, split: str, totals: StepTotals) -> dict[str, Any]:
+        return {
             "step": step,
             "epoch": round(step / self.steps_per_epoch, 4),
-            "split": "eval",
-            "loss": loss_sum / max(weight_sum, 1.0),
+            "split": split,
+            "loss": totals.loss,
+            **totals.mean_metrics(),
         }
-        line.update({key: _mean(values) for key, values in collected.items()})
-        return line
 
     # --- the loop ------------------------------------------------------------------------------
     def _state(self, step: int, totals: dict[str, float]) -> dict[str, Any]:
@@ -386,25 +357,49 @@ class _Run:
         self.callbacks.on_event(type_, message, data)
 
     def execute(self) -> TrainResult:
-        started = time.perf_counter()
+        """Set up, then the loop: train a step, log it, now and then evaluate and checkpoint."""
+        self.started = time.perf_counter()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._load()
         self._plan()
-        stopped = False
         try:
             self._build_reference_cache()
-        except _Stopped:
+            stopped = False
+        except Stopped:
             stopped = True
-        start_step, totals, resumed_from = self._restore()
+        step, self.totals, resumed_from = self._restore()
+        self._begin(step)
+        self.last_line: dict[str, Any] = {}
+        self.last_eval: dict[str, Any] = {}
+        self.start_step, self.loop_started = step, time.perf_counter()
+        self.policy.model.train()
+        while step < self.total_steps and not stopped:
+            try:
+                line = self._train_step(step)
+                step += 1
+                self._log(line)
+                self._maybe_evaluate(step)
+            except Stopped:
+                self.optimizer.zero_grad(set_to_none=True)  # a cut-short step's gradients are not a step
+                stopped = True
+                break
+            self._maybe_end_epoch(step)
+            self._maybe_checkpoint(step)
+        return self._finish(step, stopped, resumed_from)
+
+    def _begin(self, start_step: int) -> None:
+        """Counters, the first-step reference shortcut, and the TRAINING_START event."""
         # A continued adapter with dropout differs from its reference copy even before the first step.
         same_forward = not self.policy.reference_adapter or self.spec.lora_dropout == 0
         self.policy_is_reference = REUSE_POLICY_AS_REFERENCE and start_step == 0 and same_forward
         for key in ("tokens_seen", "examples_seen", "wall_time_s"):
-            totals.setdefault(key, 0.0)
-        wall_before = totals["wall_time_s"]
-        spec, policy = self.spec, self.policy
-        precision = "bf16" if policy.autocast_dtype == torch.bfloat16 else "fp32"
-        stats = self.train_data.stats
+            self.totals.setdefault(key, 0.0)
+        self.wall_before = self.totals["wall_time_s"]
+        self.precision = "bf16" if self.policy.autocast_dtype == torch.bfloat16 else "fp32"
+        self.lengths = [e.length for e in self.train_data.examples]
+        self.order: dict[int, list[list[int]]] = {}
+        self.checkpoints = list_checkpoints(self.output_dir / "checkpoints")
+        stats, spec = self.train_data.stats, self.spec
         cuts = stats.prompts_truncated + stats.answers_truncated + stats.sequences_truncated
         notes = [f"resumed at step {start_step}"] if start_step else []
         if stats.skipped:
@@ -414,7 +409,7 @@ class _Run:
         self._emit(
             events.TRAINING_START,
             f"training {self.model_name} with {spec.training_method} on {len(self.train_data.examples)} "
-            f"examples for {self.total_steps} steps, {precision} on {policy.device}"
+            f"examples for {self.total_steps} steps, {self.precision} on {self.policy.device}"
             + (f" ({'; '.join(notes)})" if notes else ""),
             {
                 "total_steps": self.total_steps,
@@ -422,145 +417,120 @@ class _Run:
                 "n_examples": len(self.train_data.examples),
                 "skipped": len(stats.skipped),
                 "truncated": cuts,
-                "device": str(policy.device),
-                "precision": precision,
+                "device": str(self.policy.device),
+                "precision": self.precision,
+                "loss": spec.loss_name + ("+rpo" if spec.uses_rpo else ""),
                 "tokens_per_forward": self.memory.tokens_per_forward,
-                "gradient_checkpointing": policy.gradient_checkpointing,
+                "gradient_checkpointing": self.policy.gradient_checkpointing,
             },
         )
 
-        checkpoints = list_checkpoints(self.output_dir / "checkpoints")
-        last_line: dict[str, Any] = {}
-        last_eval: dict[str, Any] = {}
-        step = start_step
-        order: dict[int, list[list[int]]] = {}
-        loop_started = time.perf_counter()
-        policy.model.train()
-        lengths = [e.length for e in self.train_data.examples]
-        while step < self.total_steps and not stopped:
-            epoch, index = divmod(step, self.steps_per_epoch)
-            if epoch not in order:
-                order = {epoch: epoch_steps(lengths, self.effective_batch, spec.seed, epoch)}
-            step_ids = order[epoch][index]
-            # Micro-batches of batch_size examples (gradient accumulation), each cut into passes that
-            # fit the memory plan; `_weights` makes their gradients add up to the step's.
-            micro = [
-                run
-                for group in micro_batches(step_ids, spec.batch_size)
-                for run in split_by_tokens(group, lengths, self.memory.tokens_per_forward)
-            ]
-            weights = self._weights(self.train_data, micro)
-            step_started = time.perf_counter()
-            collected: dict[str, list[torch.Tensor]] = {}
-            loss_value, tokens = 0.0, 0
-            for ids, weight in zip(micro, weights, strict=True):
-                if self.callbacks.should_stop():
-                    stopped = True
-                    break
-                batch = self._batch(self.train_data, ids)
-                out = self._loss(batch, "train", ids)
-                (out.loss * weight).backward()
-                loss_value += float(out.loss.detach()) * weight
-                tokens += batch.n_tokens
-                for key, value in out.metrics.items():
-                    collected.setdefault(key, []).append(value.detach().float().cpu())
-            if stopped:
-                self.optimizer.zero_grad(set_to_none=True)
-                break
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            max_norm = spec.max_grad_norm if spec.max_grad_norm > 0 else math.inf
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-            lr = float(self.scheduler.get_last_lr()[0])
-            self.optimizer.step()
-            self.policy_is_reference = False
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            step += 1
+    def _step_examples(self, step: int) -> list[int]:
+        """The examples of optimizer step `step`: the seeded, length-grouped order of its epoch."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        if epoch not in self.order:
+            self.order = {epoch: epoch_steps(self.lengths, self.effective_batch, self.spec.seed, epoch)}
+        return self.order[epoch][index]
 
-            elapsed = time.perf_counter() - step_started
-            totals["tokens_seen"] += tokens
-            totals["examples_seen"] += len(step_ids)
-            rate_key = "pairs_per_s" if self.is_dpo else "examples_per_s"
-            line: dict[str, Any] = {
-                "step": step,
-                "epoch": round(step / self.steps_per_epoch, 4),
-                "split": "train",
-                "loss": loss_value,
-            }
-            line.update({key: _mean(values) for key, values in collected.items()})
-            line.update(
-                {
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "tokens_per_s": tokens / elapsed,
-                    rate_key: len(step_ids) / elapsed,
-                }
-            )
-            self.metrics.append(line)
-            last_line = line
-            per_step = (time.perf_counter() - loop_started) / (step - start_step)
-            self.callbacks.on_step(
-                {**line, "total_steps": self.total_steps, "eta_seconds": per_step * (self.total_steps - step)}
-            )
+    def _passes(self, step_ids: list[int]) -> list[list[int]]:
+        """Micro-batches of batch_size examples, each cut into passes that fit the memory plan."""
+        return [
+            run
+            for group in micro_batches(step_ids, self.spec.batch_size)
+            for run in split_by_tokens(group, self.lengths, self.memory.tokens_per_forward)
+        ]
 
-            if step in self.eval_steps:
-                try:
-                    last_eval = self._evaluate(step)
-                except _Stopped:
-                    stopped = True
-                    break
-                self.metrics.append(last_eval)
-                self.callbacks.on_step(
-                    {
-                        **last_eval,
-                        "total_steps": self.total_steps,
-                        "eta_seconds": per_step * (self.total_steps - step),
-                    }
-                )
-                self._emit(events.EVAL, f"evaluation at step {step}: loss {last_eval['loss']:.4f}", last_eval)
-            if step % self.steps_per_epoch == 0:
-                self._emit(
-                    events.EPOCH_COMPLETE,
-                    f"epoch {step // self.steps_per_epoch} complete",
-                    {"epoch": step // self.steps_per_epoch, "step": step},
-                )
-            if step in self.checkpoint_steps:
-                totals["wall_time_s"] = wall_before + time.perf_counter() - started
-                path = save_checkpoint(
-                    policy, self.output_dir / "checkpoints", step, self._state(step, totals)
-                )
-                checkpoints = list_checkpoints(self.output_dir / "checkpoints")
-                self._emit(
-                    events.CHECKPOINT_SAVE,
-                    f"checkpoint saved at step {step}",
-                    {"step": step, "path": str(path)},
-                )
+    def _train_step(self, step: int) -> dict[str, Any]:
+        """Accumulate one step's gradients, clip and step; the step's metrics line."""
+        step_ids = self._step_examples(step)
+        data = self.train_data
+        started = time.perf_counter()
+        totals = accumulate(
+            self._passes(step_ids),
+            step_normalisers([data.examples[i] for i in step_ids]),
+            lambda ids: self._loss_terms(data, "train", ids),
+            self.callbacks.should_stop,
+        )
+        grad_norm, lr = clip_and_step(self.optimizer, self.scheduler, self.spec.max_grad_norm)
+        self.policy_is_reference = False
+        elapsed = time.perf_counter() - started
+        self.totals["tokens_seen"] += totals.tokens
+        self.totals["examples_seen"] += len(step_ids)
+        rate_key = "pairs_per_s" if self.is_dpo else "examples_per_s"
+        return {
+            **self._line(step + 1, "train", totals),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": totals.tokens / elapsed,
+            rate_key: len(step_ids) / elapsed,
+        }
 
+    def _eta(self, step: int) -> float:
+        per_step = (time.perf_counter() - self.loop_started) / max(step - self.start_step, 1)
+        return per_step * (self.total_steps - step)
+
+    def _log(self, line: dict[str, Any]) -> None:
+        """metrics.jsonl and the callbacks (progress bars, the job's events, W&B)."""
+        self.metrics.append(line)
+        if line["split"] == "train":
+            self.last_line = line
+        else:
+            self.last_eval = line
+        self.callbacks.on_step(
+            {**line, "total_steps": self.total_steps, "eta_seconds": self._eta(line["step"])}
+        )
+
+    def _maybe_evaluate(self, step: int) -> None:
+        if step not in self.eval_steps:
+            return
+        line = self._evaluate(step)
+        self._log(line)
+        self._emit(events.EVAL, f"evaluation at step {step}: loss {line['loss']:.4f}", line)
+
+    def _maybe_end_epoch(self, step: int) -> None:
+        if step % self.steps_per_epoch == 0:
+            epoch = step // self.steps_per_epoch
+            self._emit(events.EPOCH_COMPLETE, f"epoch {epoch} complete", {"epoch": epoch, "step": step})
+
+    def _maybe_checkpoint(self, step: int) -> None:
+        if step not in self.checkpoint_steps:
+            return
+        self.totals["wall_time_s"] = self.wall_before + time.perf_counter() - self.started
+        path = save_checkpoint(
+            self.policy, self.output_dir / "checkpoints", step, self._state(step, self.totals)
+        )
+        self.checkpoints = list_checkpoints(self.output_dir / "checkpoints")
+        self._emit(
+            events.CHECKPOINT_SAVE, f"checkpoint saved at step {step}", {"step": step, "path": str(path)}
+        )
+
+    def _finish(self, step: int, stopped: bool, resumed_from: Path | None) -> TrainResult:
+        """Final weights (unless stopped), the report, TRAINING_COMPLETE."""
         result = TrainResult(
             status="stopped" if stopped else "completed",
             output_dir=self.output_dir,
             steps=step,
             total_steps=self.total_steps,
             epoch=round(step / self.steps_per_epoch, 4),
-            checkpoints=checkpoints,
-            final_metrics=last_line,
+            checkpoints=self.checkpoints,
+            final_metrics=self.last_line,
         )
         if not stopped:
-            final = write_final_weights(policy, self.output_dir)
-            if policy.lora:
+            final = write_final_weights(self.policy, self.output_dir)
+            if self.policy.lora:
                 result.adapter_path = final
             else:
                 result.model_path = final
-            if spec.merge:
-                result.merged_path = write_merged(policy, self.output_dir)
-        totals["wall_time_s"] = wall_before + time.perf_counter() - started
-        result.report = self._report(result, totals, last_eval, resumed_from, precision)
+            if self.spec.merge:
+                result.merged_path = write_merged(self.policy, self.output_dir)
+        self.totals["wall_time_s"] = self.wall_before + time.perf_counter() - self.started
+        result.report = self._report(result, self.totals, self.last_eval, resumed_from, self.precision)
         write_report(self.output_dir, result.report)
         if not stopped:
             self._emit(
                 events.TRAINING_COMPLETE,
                 f"training complete after {step} steps",
-                {"step": step, "final_metrics": last_line},
+                {"step": step, "final_metrics": self.last_line},
             )
         return result
 
