@@ -23,12 +23,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from preftune.config import Settings
+from preftune.store.db import PoolTimeout
 
 log = logging.getLogger("preftune.api")
 

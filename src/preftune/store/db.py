@@ -13,9 +13,13 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from preftune.config import Settings
+
+# Raised when every pooled connection stayed busy for the pool's timeout; the api answers it with a 503.
+__all__ = ["Database", "PoolTimeout", "make_engine", "open_database"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Every request thread may hold a connection (the API's thread pool has 40; async routes add their own
