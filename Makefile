@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.preftune-installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-fast screenshots lint clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,14 @@ lint: setup
 
 test: lint
 	$(VENV)/bin/pytest
+
+# The inner loop: no Chromium, no PostgreSQL, no real 135M model (CI runs them all through `make test`).
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not browser and not postgres and not slow"
+
+# Refresh the README's screenshots: the browser tests write them to docs/screenshots instead of a temp dir.
+screenshots: setup
+	PREFTUNE_SCREENSHOTS_DIR=docs/screenshots $(VENV)/bin/pytest -q -m browser tests/web
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,109 +1,27 @@
-"""Fixtures for the service tests: a migrated database (SQLite, and PostgreSQL when available),
-a blob store, two owners with keys, and uploaded files."""
+"""Fixtures for the service tests: a migrated database (SQLite, and PostgreSQL on the harness's
+`postgres_server` when available), a blob store, two owners with keys, and uploaded files."""
 
 from __future__ import annotations
 
-import itertools
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from helpers.data import first_lines
+from helpers.postgres import create_database
 from preftune.config import Settings
 from preftune.service import files as file_service
 from preftune.service import keys as key_service
 from preftune.store.blobs import BlobStore
 from preftune.store.db import Database
 
-PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-_db_counter = itertools.count()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _as_postgres_user(argv: list[str]) -> list[str]:
-    # initdb refuses to run as root: run the server binaries as the postgres system user.
-    if os.geteuid() == 0:
-        return ["runuser", "-u", "postgres", "--", *argv]
-    return argv
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster on a free loopback port; yields a SQLAlchemy base URL."""
-    if not PG_BIN_DIRS or not (PG_BIN_DIRS[0] / "initdb").exists():
-        pytest.skip(
-            "PostgreSQL binaries not found under /usr/lib/postgresql/*/bin (apt-get install postgresql)"
-        )
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        pytest.skip("psycopg is not installed")
-    bin_dir = PG_BIN_DIRS[0]
-    root = Path(tempfile.mkdtemp(prefix="preftune-pg-"))
-    data = root / "data"
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-    port = _free_port()
-    subprocess.run(
-        _as_postgres_user(
-            [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        _as_postgres_user(
-            [
-                str(bin_dir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-l",
-                str(root / "log"),
-                "-w",
-                "-o",
-                f"-p {port} -h 127.0.0.1 -k {root} -c fsync=off -c synchronous_commit=off",
-                "start",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run(
-            _as_postgres_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-            capture_output=True,
-        )
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _postgres_database(base_url: str) -> str:
-    import psycopg
-
-    name = f"t{os.getpid()}_{next(_db_counter)}_{int(time.time() * 1000) % 100000}"
-    dsn = base_url.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{base_url}/{name}"
-
 
 @pytest.fixture(scope="session")
 def postgres_database(postgres_server: str) -> Iterator[Database]:
     """One migrated PostgreSQL database for the session; each test empties it (faster than creating one)."""
-    database = Database(_postgres_database(postgres_server))
+    database = Database(create_database(postgres_server))
     database.migrate()
     yield database
     database.dispose()
@@ -174,10 +92,7 @@ def bob(db: Database) -> Account:
 @pytest.fixture
 def small_orca(tmp_path: Path, orca_path: Path) -> Path:
     """The first 12 pairs of the shared orca sample (enough to validate and train a few steps)."""
-    lines = orca_path.read_text(encoding="utf-8").splitlines()[:12]
-    path = tmp_path / "orca-small.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return first_lines(orca_path, tmp_path / "orca-small.jsonl", 12)
 
 
 @pytest.fixture
