@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.preftune-installed
 
-.PHONY: setup demo test lint fuzz clean
+.PHONY: setup demo test test-fast screenshots lint fuzz clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,14 @@ test: lint
 fuzz: setup
 	PREFTUNE_FUZZ_EXAMPLES=$${PREFTUNE_FUZZ_EXAMPLES:-400} PREFTUNE_FUZZ_RANDOM=1 \
 		$(VENV)/bin/pytest tests/api/test_fuzz_openapi.py -q -s -p no:randomly
+
+# The inner loop: no Chromium, no PostgreSQL, no real 135M model (CI runs them all through `make test`).
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not browser and not postgres and not slow"
+
+# Refresh the README's screenshots: the browser tests write them to docs/screenshots instead of a temp dir.
+screenshots: setup
+	PREFTUNE_SCREENSHOTS_DIR=docs/screenshots $(VENV)/bin/pytest -q -m browser tests/web
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers.data import SHARED_DATA as SHARED
 from preftune.data import validate_file
 from preftune.data.convert import convert_file
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED}")
+@pytest.fixture(autouse=True)
+def _shared_data_present(shared_data: Path) -> None:
+    """Every test here reads SHARED_DATA: skip (fail under CI=true) when it is missing."""
 
 
 def test_orca_is_canonical() -> None:

@@ -5,7 +5,6 @@ loaded by the inference engine on this side, give the server's answer."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from helpers.models import install_base_model
 from preftune import Client
 from preftune.cli.main import app
 from preftune.inference.batch import ModelWorker, WorkerConfig
@@ -45,13 +45,13 @@ def test_chat_with_a_trained_model(
 ) -> None:
     server = client_env
     # The tiny model as a named base model of the server.
-    shutil.copytree(tiny_model_dir, server.home / "models" / "tiny-llama", dirs_exist_ok=True)
+    base = install_base_model(server.home, tiny_model_dir)
     oai = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=server.api_key, max_retries=0)
     with Client() as sdk:
         uploaded = sdk.files.upload(orca_path)
         job = sdk.fine_tuning.create(
             training_file=uploaded.id,
-            model=str(server.home / "models" / "tiny-llama"),
+            model=str(base),
             lora=True,
             training_method="dpo",
             dpo_beta=0.2,

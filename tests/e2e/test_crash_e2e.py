@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from helpers.postgres import create_database
+
 pytestmark = pytest.mark.e2e
 
 UPLOADERS = 3
@@ -101,15 +103,8 @@ def _hammer(
 def crash_server(request: pytest.FixtureRequest, fresh_server: Any) -> Any:
     """The test's own server on SQLite, or on a fresh database of the session's PostgreSQL."""
     if request.param == "postgres":
-        import psycopg
-
         base = request.getfixturevalue("postgres_server")
-        name = f"crash_{int(time.time() * 1000) % 10**9}"
-        with psycopg.connect(
-            base.replace("postgresql+psycopg://", "postgresql://") + "/postgres", autocommit=True
-        ) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        fresh_server.database_url = f"{base}/{name}"
+        fresh_server.env["PREFTUNE_DATABASE_URL"] = create_database(base)
     return fresh_server
 
 

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from helpers.models import install_base_model
+from helpers.server import serve_in_thread
 from preftune.config import Settings
 
 
@@ -29,9 +27,7 @@ def adapter_dirs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture
 def models_home(preftune_home: Path, tiny_model_dir: Path) -> Path:
     """PREFTUNE_HOME whose models dir holds the tiny model as the base model `tiny-llama`."""
-    target = preftune_home / "models" / "tiny-llama"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(tiny_model_dir, target)
+    install_base_model(preftune_home, tiny_model_dir)
     return preftune_home
 
 
@@ -112,42 +108,20 @@ def _row(cls: Any, **values: Any) -> Any:
     return cls(**values)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def _serve(home: Path, model_dir: Path) -> Iterator[LiveServer]:
     """Serve the real app with `model_dir` as the base model `tiny-llama`, with one owner's key."""
-    import uvicorn
-
     from preftune.api.app import create_app
     from preftune.service import keys as key_service
 
     settings = Settings(home=home, adapter_cache_size=2)
-    shutil.copytree(model_dir, settings.models_dir / "tiny-llama")
+    install_base_model(home, model_dir)
     app = create_app(settings)
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.05)
-    with app.state.db.session() as session:
-        owner = key_service.create_owner(session, "tester")
-        _, key = key_service.create_key(session, owner.id, "test")
-    try:
-        yield LiveServer(app, settings, f"http://127.0.0.1:{port}", key, owner.id)
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with serve_in_thread(app) as base_url:
+        with app.state.db.session() as session:
+            owner = key_service.create_owner(session, "tester")
+            _, key = key_service.create_key(session, owner.id, "test")
+        yield LiveServer(app, settings, base_url, key, owner.id)
 
 
 @pytest.fixture(scope="session")

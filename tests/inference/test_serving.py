@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
 import pytest
 
+from helpers.models import install_base_model
 from preftune.config import Settings
 from preftune.errors import InvalidRequestError
 from preftune.inference.local import LocalEngine
@@ -18,7 +18,7 @@ from preftune.store.db import open_database
 
 def test_without_on_demand_loading_only_deployed_models_answer(tmp_path: Path, tiny_model_dir: Path) -> None:
     settings = Settings(home=tmp_path / "home", allow_on_demand_load=False)
-    shutil.copytree(tiny_model_dir, settings.models_dir / "tiny-llama")
+    install_base_model(settings.home, tiny_model_dir)
     db = open_database(settings)
     with db.session() as session:
         owner = key_service.create_owner(session, "o").id

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.data import first_lines
 from preftune.config import Settings
 from preftune.service import files as file_service
 from preftune.service import jobs as job_service
@@ -43,10 +44,7 @@ def owner_id(db: Database) -> str:
 
 @pytest.fixture
 def orca_file_id(db: Database, blobs: BlobStore, owner_id: str, orca_path: Path, tmp_path: Path) -> str:
-    small = tmp_path / "orca-16.jsonl"
-    small.write_text(
-        "\n".join(orca_path.read_text(encoding="utf-8").splitlines()[:16]) + "\n", encoding="utf-8"
-    )
+    small = first_lines(orca_path, tmp_path / "orca-16.jsonl", 16)
     with db.session() as session:
         return file_service.create_file(
             session, owner_id, blobs.stage_path(small), blobs=blobs, filename="orca.jsonl"

@@ -8,11 +8,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from helpers.server import child_env, preftune_command
 from preftune.config import Settings
 from preftune.runner.worker import Runner
 from preftune.service import jobs as job_service
@@ -26,15 +26,14 @@ def _events(db: Database, owner_id: str, job_id: str) -> list[Any]:
 
 
 def _start_worker(settings: Settings) -> subprocess.Popen[bytes]:
-    env = os.environ | {
-        "PREFTUNE_HOME": str(settings.home),
-        "PREFTUNE_LEASE_SECONDS": str(settings.lease_seconds),
-        "PREFTUNE_HEARTBEAT_SECONDS": str(settings.heartbeat_seconds),
-    }
-    env.pop("PREFTUNE_DATABASE_URL", None)
+    env = child_env(
+        settings.home,
+        PREFTUNE_LEASE_SECONDS=str(settings.lease_seconds),
+        PREFTUNE_HEARTBEAT_SECONDS=str(settings.heartbeat_seconds),
+    )
     # A new session: the runner and its training child share a process group we can kill at once.
     return subprocess.Popen(
-        [sys.executable, "-m", "preftune.cli.main", "worker", "--id", "doomed"],
+        preftune_command("worker", "--id", "doomed"),
         env=env,
         start_new_session=True,
         stdout=subprocess.DEVNULL,

@@ -1,40 +1,27 @@
-"""Fixtures for the service tests: a migrated database (SQLite, and PostgreSQL when available),
-a blob store, two owners with keys, and uploaded files."""
+"""Fixtures for the service tests: a migrated database (SQLite, and PostgreSQL on the harness's
+`postgres_server` when available), a blob store, two owners with keys, and uploaded files."""
 
 from __future__ import annotations
 
-import itertools
-import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from helpers.data import first_lines
+from helpers.postgres import create_database
 from preftune.config import Settings
 from preftune.service import files as file_service
 from preftune.service import keys as key_service
 from preftune.store.blobs import BlobStore
 from preftune.store.db import Database
 
-_db_counter = itertools.count()
-
-
-def _postgres_database(base_url: str) -> str:
-    import psycopg
-
-    name = f"t{os.getpid()}_{next(_db_counter)}_{int(time.time() * 1000) % 100000}"
-    dsn = base_url.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{base_url}/{name}"
-
 
 @pytest.fixture(scope="session")
 def postgres_database(postgres_server: str) -> Iterator[Database]:
     """One migrated PostgreSQL database for the session; each test empties it (faster than creating one)."""
-    database = Database(_postgres_database(postgres_server))
+    database = Database(create_database(postgres_server))
     database.migrate()
     yield database
     database.dispose()
@@ -105,10 +92,7 @@ def bob(db: Database) -> Account:
 @pytest.fixture
 def small_orca(tmp_path: Path, orca_path: Path) -> Path:
     """The first 12 pairs of the shared orca sample (enough to validate and train a few steps)."""
-    lines = orca_path.read_text(encoding="utf-8").splitlines()[:12]
-    path = tmp_path / "orca-small.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return first_lines(orca_path, tmp_path / "orca-small.jsonl", 12)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from helpers.data import first_lines
 from preftune.config import Settings
 from preftune.errors import ConflictError, InvalidRequestError, NotFoundError
 from preftune.service import files as file_service
@@ -156,9 +157,7 @@ def _blob_files(blobs: BlobStore) -> list[str]:
 
 def _variant(path: Path, tmp_path: Path, n_lines: int) -> Path:
     """Other bytes than `path`: its first `n_lines` lines (still a valid data set)."""
-    out = tmp_path / f"variant-{n_lines}.jsonl"
-    out.write_text("\n".join(path.read_text().splitlines()[:n_lines]) + "\n")
-    return out
+    return first_lines(path, tmp_path / f"variant-{n_lines}.jsonl", n_lines)
 
 
 @pytest.mark.parametrize("reason", ["reused_key", "taken_name", "bad_purpose", "bad_name"])

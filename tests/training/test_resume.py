@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from helpers.server import child_env, preftune_command
 from preftune.contracts.spec import TrainingSpec
 from preftune.training.trainer import train
 
@@ -31,10 +30,9 @@ KNOBS = {
 
 
 def cli(args: list[str], home: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PREFTUNE_HOME": str(home), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.Popen(
-        [sys.executable, "-m", "preftune.cli.main", "train", *args],
-        env=env,
+        preftune_command("train", *args),
+        env=child_env(home),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

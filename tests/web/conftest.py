@@ -2,140 +2,50 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-
-
-class Server:
-    """A running `preftune serve`: its URL, home and the admin key it wrote."""
-
-    def __init__(self, url: str, home: Path, admin_key: str) -> None:
-        self.url = url
-        self.home = home
-        self.admin_key = admin_key
-
-    def api(self, key: str | None = None) -> httpx.Client:
-        return httpx.Client(
-            base_url=f"{self.url}/v1",
-            headers={"Authorization": f"Bearer {key or self.admin_key}"},
-            timeout=60,
-        )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from helpers.browser import CHROMIUM_ARGS, require_chromium, screenshots_dir
+from helpers.models import install_base_model
+from helpers.server import ServeProcess
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Server]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"browser tests need Debian's Chromium at {CHROMIUM} (apt-get install -y chromium)")
-    home = tmp_path_factory.mktemp("console-home")
-    # A named base model on the server: the job form and the playground refer to it as tiny-llama.
-    shutil.copytree(tiny_model_dir, home / "models" / "tiny-llama")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PREFTUNE_HOME": str(home),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "WANDB_MODE": "disabled",
-        "PREFTUNE_WORKERS": "1",
-        "PREFTUNE_HEARTBEAT_SECONDS": "1",
-    }
-    for var in ("PREFTUNE_API_KEY", "PREFTUNE_BASE_URL", "PREFTUNE_DATABASE_URL"):
-        env.pop(var, None)
-    log = (home / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("preftune")),
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[ServeProcess]:
+    """`preftune serve` with one runner and the tiny model as the base model `tiny-llama` (the job form
+    and the playground refer to it by that name)."""
+    require_chromium()  # no server to start when no browser can look at it
+    home = tmp_path_factory.mktemp("console") / "home"
+    install_base_model(home, tiny_model_dir)
+    running = ServeProcess(
+        home=home, workers=1, env={"WANDB_MODE": "disabled", "PREFTUNE_HEARTBEAT_SECONDS": "1"}
     )
-    url = f"http://127.0.0.1:{port}"
-    # Generous: on a shared 2-core machine importing torch alone can take a minute.
-    deadline = time.monotonic() + 300
+    running.start()
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"preftune serve exited with {proc.returncode}:\n{_tail(home)}")
-            try:
-                if (
-                    httpx.get(f"{url}/v1/fine-tunes/spec", timeout=2).status_code == 200
-                    and (home / "credentials").is_file()
-                ):
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"preftune serve did not answer on {url}:\n{_tail(home)}")
-            time.sleep(0.3)
-        admin_key = (home / "credentials").read_text(encoding="utf-8").splitlines()[0].strip()
-        yield Server(url, home, admin_key)
+        yield running
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
-def _tail(home: Path) -> str:
-    path = home / "server.log"
-    return path.read_text(errors="replace")[-4000:] if path.is_file() else "(no log)"
+        running.stop()
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"browser tests need Debian's Chromium at {CHROMIUM} (apt-get install -y chromium)")
+    chromium_path = require_chromium()
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=90_000)
 
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        chromium = p.chromium.launch(executable_path=str(chromium_path), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
 
 
 @pytest.fixture
-def page(browser: Any, server: Server) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=server.url)
+def page(browser: Any, server: ServeProcess) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=server.base_url)
     # Waits are for the server (uploads, validation, a runner starting), so allow for a busy machine.
     context.set_default_timeout(90_000)
     pg = context.new_page()
@@ -148,10 +58,10 @@ def page(browser: Any, server: Server) -> Iterator[Any]:
 
 
 @pytest.fixture
-def sign_in(server: Server) -> Callable[[Any, str | None], None]:
+def sign_in(server: ServeProcess) -> Callable[[Any, str | None], None]:
     def _sign_in(pg: Any, key: str | None = None) -> None:
         pg.goto("/")
-        pg.get_by_label("API key").fill(key or server.admin_key)
+        pg.get_by_label("API key").fill(key or server.api_key)
         pg.get_by_role("button", name="Sign in").click()
         pg.get_by_role("navigation", name="Main").wait_for()
 
@@ -166,9 +76,16 @@ _UNLABELLED = """() => [...document.querySelectorAll('input:not([type=hidden]), 
   .map((el) => el.outerHTML.slice(0, 120))"""
 
 
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where `shoot` saves: a temporary directory, or docs/screenshots under `make screenshots`."""
+    return screenshots_dir(tmp_path_factory.mktemp("screenshots"))
+
+
 @pytest.fixture
-def shoot() -> Callable[..., None]:
-    """Save a screenshot of the page to docs/screenshots/NAME.png (the README shows them).
+def shoot(screenshots: Path) -> Callable[..., None]:
+    """Save a screenshot of the page as NAME.png in `screenshots` (docs/screenshots, which the README
+    shows, only under `make screenshots`).
 
     Each page shot is also checked for unlabelled form controls.
     """
@@ -176,14 +93,13 @@ def shoot() -> Callable[..., None]:
     def _shoot(pg: Any, name: str, *, narrow: bool = False, full_page: bool = True) -> None:
         unlabelled = pg.evaluate(_UNLABELLED)
         assert not unlabelled, f"form controls without a label on {name}: {unlabelled}"
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         if narrow:
             size = pg.viewport_size
             pg.set_viewport_size({"width": 390, "height": 844})
             pg.wait_for_timeout(150)  # let charts and layout settle after the resize
-            pg.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
+            pg.screenshot(path=str(screenshots / f"{name}.png"), full_page=full_page)
             pg.set_viewport_size(size)
         else:
-            pg.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
+            pg.screenshot(path=str(screenshots / f"{name}.png"), full_page=full_page)
 
     return _shoot

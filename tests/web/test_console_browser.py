@@ -1,6 +1,7 @@
 """The console in Chromium against the real server: wizard, errors, a DPO job's live chart, playground, isolation.
 
-Each test saves screenshots of the pages it visits to docs/screenshots/ (shown in the README).
+Each test saves screenshots of the pages it visits: to a temporary directory, or, under `make screenshots`,
+to docs/screenshots/ (shown in the README).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
+from helpers.data import first_lines
+
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
 SignIn = Callable[..., None]
@@ -22,10 +25,7 @@ Shoot = Callable[..., None]
 
 
 def _small_orca(orca_path: Path, tmp_path: Path, n: int) -> Path:
-    lines = orca_path.read_text(encoding="utf-8").splitlines()[:n]
-    out = tmp_path / f"orca-{n}.jsonl"
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return out
+    return first_lines(orca_path, tmp_path / f"orca-{n}.jsonl", n)
 
 
 def _upload(server: Any, path: Path, key: str | None = None) -> dict[str, Any]:
