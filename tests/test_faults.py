@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,10 +38,9 @@ def _run(spec: str | None) -> subprocess.CompletedProcess[str]:
 def test_the_fault_kills_at_the_nth_hit_and_not_before() -> None:
     killed = _run("checkpoint.before_rename:kill, checkpoint.after_weights:kill@2")
     assert killed.returncode == -signal.SIGKILL, killed
-    assert killed.stdout.splitlines() == [
-        "passed 1",
-        "preftune.faults: kill at checkpoint.after_weights (hit 2)",
-    ]
+    lines = killed.stdout.splitlines()
+    assert lines[0] == "passed 1" and len(lines) == 2, lines
+    assert lines[1].startswith("preftune.faults: kill at checkpoint.after_weights (hit 2) pid "), lines
 
 
 def test_without_the_variable_nothing_happens() -> None:
@@ -103,3 +103,23 @@ def test_is_disk_full_reads_errnos_causes_and_library_messages() -> None:
         assert is_disk_full(outer)
     assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
     assert not is_disk_full(RuntimeError("CUDA out of memory"))
+
+
+def test_stop_pauses_the_process_until_sigcont() -> None:
+    env = {**os.environ, ENV_VAR: "checkpoint.after_weights:stop@2"}
+    child = subprocess.Popen([sys.executable, "-c", HIT_TWICE], env=env, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    assert child.stdout.readline() == "passed 1\n"
+    line = child.stdout.readline()
+    assert line.startswith("preftune.faults: stop at checkpoint.after_weights (hit 2) pid "), line
+    pid = int(line.split()[-1])
+    assert pid == child.pid
+    # The process is stopped ('T') until it gets SIGCONT, then runs to its end.
+    deadline = 100
+    while Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "T" and deadline:
+        deadline -= 1
+        time.sleep(0.05)
+    assert deadline, "the process did not stop"
+    os.kill(pid, signal.SIGCONT)
+    out, _ = child.communicate(timeout=60)
+    assert out.splitlines() == ["passed 2", "passed 3"] and child.returncode == 0

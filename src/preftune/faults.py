@@ -12,7 +12,9 @@ first) this process reaches the point. Actions:
 
 - `kill`: SIGKILL this process (a trainer dying, the OOM killer);
 - `kill-group`: SIGKILL this process's whole process group (the server, its runners and their
-  trainers at once: a power cut).
+  trainers at once: a power cut);
+- `stop`: SIGSTOP this process, so a test can change the world at that exact point (fill the disk)
+  and then let it go on with SIGCONT. The line it prints first names the pid.
 
 The variable is read here rather than through `config.Settings` on purpose: a fault point sits deep
 in code that gets no settings (the trainer's checkpoint writer runs in a spawned child), and the
@@ -35,8 +37,9 @@ ENV_VAR = "PREFTUNE_FAULT_POINTS"
 POINTS = {
     "checkpoint.after_weights": "training.checkpoint.save_checkpoint: weights written, trainer state not yet",
     "checkpoint.before_rename": "training.checkpoint.atomic_dir: all written and fsynced, not yet renamed",
+    "checkpoint.after_rename": "training.checkpoint.save_checkpoint: the checkpoint is in place",
 }
-ACTIONS = ("kill", "kill-group")
+ACTIONS = ("kill", "kill-group", "stop")
 
 _hits: Counter[str] = Counter()
 
@@ -83,7 +86,13 @@ def fault_point(name: str) -> None:
 def _fire(fault: Fault) -> None:
     # Say so where a test can read it (the trainer's log), then die without any clean-up running.
     with contextlib.suppress(OSError, ValueError):
-        print(f"preftune.faults: {fault.action} at {fault.point} (hit {fault.at_hit})", flush=True)
+        print(
+            f"preftune.faults: {fault.action} at {fault.point} (hit {fault.at_hit}) pid {os.getpid()}",
+            flush=True,
+        )
+    if fault.action == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return
     if fault.action == "kill-group":
         os.killpg(os.getpgrp(), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)

@@ -107,7 +107,7 @@ def test_trainer_killed_inside_a_checkpoint_write_resumes_from_the_previous_chec
         job_dir = server.home / "jobs" / job_id
         log = (job_dir / "train.log").read_text()
         # The first attempt died inside the write of step 6, the second wrote it (its own first hit).
-        assert log.count("preftune.faults: kill at checkpoint.after_weights (hit 2)") == 1, log[-2000:]
+        assert log.count("preftune.faults: kill at checkpoint.after_weights (hit 2) pid") == 1, log[-2000:]
         assert job["attempts"] == 2
         events = _assert_resumed_and_complete(http, job_dir, job_id)
         retry = next(e for e in events if e["type"] == "JOB_RETRY")

@@ -126,6 +126,7 @@ def save_checkpoint(policy: Policy, checkpoints_dir: Path, step: int, state: dic
             "resumes from the last complete checkpoint",
             code="insufficient_storage",
         ) from exc
+    fault_point("checkpoint.after_rename")
     return final
 
 
