@@ -124,6 +124,8 @@ def database_env(request: pytest.FixtureRequest) -> dict[str, str]:
     return {}
 
 
+# Two server starts, a lease to expire and two trainings (~60 s on a shared 2-core machine): out of `make test-fast`.
+@pytest.mark.slow
 def test_power_cut_inside_a_checkpoint_write_leaves_no_checkpoint_under_its_name(
     tmp_path: Path, orca_16: Path, tiny_model_dir: Path, database_env: dict[str, str]
 ) -> None:

@@ -187,6 +187,8 @@ def _assert_only_complete_checkpoints(job_dir: Path, steps: list[int]) -> None:
         assert (path / STATE_FILE).is_file() and (path / "adapter_model.safetensors").is_file(), path
 
 
+# Two trainings through a real server (~60 s on a shared 2-core machine): out of `make test-fast`.
+@pytest.mark.slow
 def test_a_checkpoint_write_on_a_full_disk_resumes_once_space_returns(
     tmp_path: Path, orca_path: Path, tiny_model_dir: Path
 ) -> None:
