@@ -79,9 +79,11 @@ def _staged_and_blobs(blobs: Path) -> tuple[list[str], list[str]]:
 
 
 def test_an_upload_that_fills_the_disk_is_507_and_leaves_nothing(tmp_path: Path, orca_path: Path) -> None:
-    server = ServeProcess(home=tmp_path / "home", workers=0)
+    # The server's temporary directory (where the multipart parser spools an upload) on its own disk.
+    spool = tmp_path / "spool"
+    server = ServeProcess(home=tmp_path / "home", workers=0, env={"TMPDIR": str(spool)})
     blobs = server.home / "blobs"
-    with small_disk(blobs, 8 * MiB):
+    with small_disk(blobs, 8 * MiB), small_disk(spool, 16 * MiB):
         server.start()
         try:
             http = server.api()
@@ -111,6 +113,12 @@ def test_an_upload_that_fills_the_disk_is_507_and_leaves_nothing(tmp_path: Path,
             )
 
             filler.unlink()
+            # The spool disk full: the body cannot even be read. A 507 too, not FastAPI's 400.
+            spool_filler = fill_disk(spool, leave=LEAVE)
+            _assert_disk_full(http.post("/files", files={"file": ("m.jsonl", medium)}, headers=keyed))
+            assert _staged_and_blobs(blobs) == before
+            spool_filler.unlink()
+
             retried = http.post("/files", files={"file": ("m.jsonl", medium)}, headers=keyed)
             assert retried.status_code == 200, retried.text
             got = retried.json()

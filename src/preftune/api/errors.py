@@ -88,6 +88,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and is_disk_full(exc):
+            # FastAPI reports any failure to read a body as a 400, a full temporary disk (where the
+            # multipart parser spools an upload) included: that one is the server's, not the client's.
+            log.error("%s %s failed: the disk is full: %s", request.method, request.url.path, exc.__cause__)
+            return error_response(507, DISK_FULL_MESSAGE, type_="server_error", code="insufficient_storage")
         type_ = {401: "authentication_error", 404: "not_found_error", 405: "invalid_request_error"}.get(
             exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error"
         )
