@@ -67,3 +67,10 @@ class PayloadTooLargeError(InvalidRequestError):
 
 class TrainingError(PreftuneError):
     """The trainer failed for a reason that is not the user's input."""
+
+
+class StorageUnavailableError(PreftuneError):
+    """The blob store (an S3 endpoint) cannot be reached or refuses this server's credentials."""
+
+    status_code = 503
+    error_type = "storage_unavailable"

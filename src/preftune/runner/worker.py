@@ -25,6 +25,7 @@ from typing import Any
 from preftune.config import Settings
 from preftune.runner.child import LOG_FILE, child_main
 from preftune.service import runs
+from preftune.service.bootstrap import open_blobs
 from preftune.service.events import EventType
 from preftune.store.blobs import BlobStore
 from preftune.store.db import Database, open_database
@@ -62,12 +63,13 @@ class Runner:
         *,
         runner_id: str | None = None,
         db: Database | None = None,
+        blobs: BlobStore | None = None,
         idle_poll_seconds: float = IDLE_POLL_SECONDS,
     ) -> None:
         self.settings = settings
         self.runner_id = runner_id or default_runner_id()
         self.db = db or open_database(settings)
-        self.blobs = BlobStore(settings.blobs_dir)
+        self.blobs = blobs or open_blobs(settings, self.db)
         self.idle_poll_seconds = idle_poll_seconds
         self._stopping = threading.Event()
         self._mp = mp.get_context("spawn")
