@@ -24,7 +24,7 @@ from typing import Any
 
 from preftune.config import Settings
 from preftune.runner.child import LOG_FILE, child_main
-from preftune.service import runs
+from preftune.service import artifacts, runs
 from preftune.service.bootstrap import open_blobs
 from preftune.service.events import EventType
 from preftune.store.blobs import BlobStore
@@ -254,6 +254,9 @@ class Runner:
         if event_type not in EventType.__members__:
             log.warning("job %s: ignoring unknown trainer event %s", job_id, event_type)
             return None
+        if event_type == EventType.CHECKPOINT_SAVE and "step" in data and data.get("path"):
+            # In the bucket before its row exists: a recorded checkpoint is one any machine can resume from.
+            artifacts.publish_checkpoint(self.blobs, job_id, Path(str(data["path"])))
         with self.db.session() as session:
             if event_type == EventType.CHECKPOINT_SAVE and "step" in data and data.get("path"):
                 runs.record_checkpoint(
@@ -274,8 +277,17 @@ class Runner:
         last_checkpoint: int | None,
     ) -> AttemptOutcome:
         job_id, token = claimed.job_id, claimed.claim_token
+        completed = outcome is not None and outcome[0] == "result" and outcome[1]["status"] == "completed"
+        if completed:
+            # The outputs reach the bucket before the job is completed: a completed job's artifacts exist.
+            artifacts.publish_outputs(self.blobs, job_id, claimed.output_dir)
+        else:
+            try:
+                artifacts.publish_log(self.blobs, job_id, claimed.output_dir)
+            except Exception:  # the log is for reading; its upload failing must not change the outcome
+                log.exception("job %s: could not upload the training log", job_id)
         with self.db.session() as session:
-            if outcome is not None and outcome[0] == "result" and outcome[1]["status"] == "completed":
+            if completed and outcome is not None:
                 result = outcome[1]
                 from preftune.contracts.base_models import resolve_model
 

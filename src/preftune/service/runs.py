@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from preftune.config import Settings
 from preftune.errors import PreftuneError
+from preftune.service import artifacts
 from preftune.service.common import new_id, now
 from preftune.service.events import EventType, add_event
 from preftune.service.files import file_blob_path
@@ -159,7 +160,7 @@ def _start_attempt(session: Session, token: str, settings: Settings, blobs: Blob
     ).one()
     # Started before (a dead runner, a failed attempt or a runner shut down): resume, do not start over.
     restarted = job.started_at is not None
-    resume_step = _sync_checkpoints(session, job, job_dir(settings, job.id) / "checkpoints")
+    resume_step = _sync_checkpoints(session, job, job_dir(settings, job.id) / "checkpoints", blobs)
     if job.started_at is None:
         job.started_at = now()
     if restarted:
@@ -196,7 +197,10 @@ def _start_attempt(session: Session, token: str, settings: Settings, blobs: Blob
         if job.validation_file_id
         else None,
         output_dir=job_dir(settings, job.id),
-        from_checkpoint_path=job.from_checkpoint_path,
+        # Recorded by an API server: on this machine it is a copy fetched from the store (if remote).
+        from_checkpoint_path=str(artifacts.local_artifact(settings, blobs, job.from_checkpoint_path))
+        if job.from_checkpoint_path
+        else None,
         resume_step=resume_step,
     )
 
@@ -214,9 +218,13 @@ def _runner_spec(settings: Settings, job: Job) -> dict[str, Any]:
     return spec
 
 
-def _sync_checkpoints(session: Session, job: Job, directory: Path) -> int | None:
-    """Record checkpoints that reached the disk but not the database (the runner died in between);
-    return the latest step, which is where the trainer resumes."""
+def _sync_checkpoints(session: Session, job: Job, directory: Path, blobs: BlobStore) -> int | None:
+    """Record checkpoints that reached the disk (or the bucket) but not the database (the runner died in
+    between); return the latest step, which is where the trainer resumes.
+
+    With a remote store the bucket is the truth: a checkpoint only this machine has (its runner died
+    before uploading it) is uploaded now, and the latest one is fetched here if this machine lacks it,
+    so a job whose machine died resumes on another one."""
     known = set(session.scalars(select(Checkpoint.step).where(Checkpoint.job_id == job.id)))
     on_disk: dict[int, Path] = {}
     if directory.is_dir():
@@ -224,6 +232,16 @@ def _sync_checkpoints(session: Session, job: Job, directory: Path) -> int | None
             match = STEP_DIR_RE.match(child.name)
             if match and child.is_dir():
                 on_disk[int(match.group(1))] = child
+    if blobs.remote:
+        remote = artifacts.remote_checkpoint_steps(blobs, job.id)
+        for step, path in on_disk.items():
+            if step not in remote:
+                artifacts.publish_checkpoint(blobs, job.id, path)
+        for step in remote:
+            on_disk.setdefault(step, directory / f"step-{step}")
+        if on_disk:
+            latest = max(on_disk)
+            blobs.download_tree(artifacts.job_key(job.id, "checkpoints", f"step-{latest}"), on_disk[latest])
     for step, path in on_disk.items():
         if step not in known:
             session.add(
