@@ -256,7 +256,8 @@ class Runner:
             return None
         if event_type == EventType.CHECKPOINT_SAVE and "step" in data and data.get("path"):
             # In the bucket before its row exists: a recorded checkpoint is one any machine can resume from.
-            artifacts.publish_checkpoint(self.blobs, job_id, Path(str(data["path"])))
+            with runs.keep_lease(self.db.sessionmaker, job_id, token, self.settings):
+                artifacts.publish_checkpoint(self.blobs, job_id, Path(str(data["path"])))
         with self.db.session() as session:
             if event_type == EventType.CHECKPOINT_SAVE and "step" in data and data.get("path"):
                 runs.record_checkpoint(
@@ -280,7 +281,8 @@ class Runner:
         completed = outcome is not None and outcome[0] == "result" and outcome[1]["status"] == "completed"
         if completed:
             # The outputs reach the bucket before the job is completed: a completed job's artifacts exist.
-            artifacts.publish_outputs(self.blobs, job_id, claimed.output_dir)
+            with runs.keep_lease(self.db.sessionmaker, job_id, token, self.settings):
+                artifacts.publish_outputs(self.blobs, job_id, claimed.output_dir)
         else:
             try:
                 artifacts.publish_log(self.blobs, job_id, claimed.output_dir)

@@ -8,8 +8,12 @@ touch the job (`LeaseLostError`).
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,8 @@ from preftune.service.secrets import decrypt_secret
 from preftune.service.states import ACTIVE, JobStatus
 from preftune.store.blobs import BlobStore
 from preftune.store.models import Checkpoint, FineTunedModel, Job, JobMetric
+
+log = logging.getLogger("preftune.runner")
 
 # The trainer's checkpoint directories: checkpoints/step-N (temporary ones start with a dot).
 STEP_DIR_RE = re.compile(r"^step-(\d+)$")
@@ -160,7 +166,22 @@ def _start_attempt(session: Session, token: str, settings: Settings, blobs: Blob
     ).one()
     # Started before (a dead runner, a failed attempt or a runner shut down): resume, do not start over.
     restarted = job.started_at is not None
-    resume_step = _sync_checkpoints(session, job, job_dir(settings, job.id) / "checkpoints", blobs)
+    session.commit()  # no transaction stays open while the files come (the lease keeper writes meanwhile)
+    # Fetching the data and the latest checkpoint from a remote store can take a while: keep the lease.
+    with keep_lease(lambda: Session(bind=session.get_bind()), job.id, token, settings):
+        on_disk = _checkpoint_dirs(job, job_dir(settings, job.id) / "checkpoints", blobs)
+        training_file = file_blob_path(session, job.training_file_id, blobs)
+        validation_file = (
+            file_blob_path(session, job.validation_file_id, blobs) if job.validation_file_id else None
+        )
+        # Recorded by an API server: on this machine it is a copy fetched from the store (if remote).
+        from_checkpoint = (
+            str(artifacts.local_artifact(settings, blobs, job.from_checkpoint_path))
+            if job.from_checkpoint_path
+            else None
+        )
+        session.commit()
+    resume_step = _record_checkpoints(session, job, on_disk)
     if job.started_at is None:
         job.started_at = now()
     if restarted:
@@ -192,17 +213,38 @@ def _start_attempt(session: Session, token: str, settings: Settings, blobs: Blob
         restarted=restarted,
         model=job.model,
         spec=_runner_spec(settings, job),
-        training_file=file_blob_path(session, job.training_file_id, blobs),
-        validation_file=file_blob_path(session, job.validation_file_id, blobs)
-        if job.validation_file_id
-        else None,
+        training_file=training_file,
+        validation_file=validation_file,
         output_dir=job_dir(settings, job.id),
-        # Recorded by an API server: on this machine it is a copy fetched from the store (if remote).
-        from_checkpoint_path=str(artifacts.local_artifact(settings, blobs, job.from_checkpoint_path))
-        if job.from_checkpoint_path
-        else None,
+        from_checkpoint_path=from_checkpoint,
         resume_step=resume_step,
     )
+
+
+@contextmanager
+def keep_lease(
+    new_session: Callable[[], Session], job_id: str, token: str, settings: Settings
+) -> Iterator[None]:
+    """Heartbeat the job from a thread while the block runs (a long upload or download), so that a
+    healthy runner never loses its lease to slow storage. Each beat uses a session of its own."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(settings.heartbeat_seconds):
+            try:
+                with new_session() as session:
+                    if not heartbeat(session, job_id, token, settings.lease_seconds).lease_held:
+                        return
+            except Exception:  # the next beat tries again; the lease has slack for a missed one
+                log.exception("job %s: a heartbeat failed", job_id)
+
+    thread = threading.Thread(target=beat, name=f"lease-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _runner_spec(settings: Settings, job: Job) -> dict[str, Any]:
@@ -218,14 +260,12 @@ def _runner_spec(settings: Settings, job: Job) -> dict[str, Any]:
     return spec
 
 
-def _sync_checkpoints(session: Session, job: Job, directory: Path, blobs: BlobStore) -> int | None:
-    """Record checkpoints that reached the disk (or the bucket) but not the database (the runner died in
-    between); return the latest step, which is where the trainer resumes.
+def _checkpoint_dirs(job: Job, directory: Path, blobs: BlobStore) -> dict[int, Path]:
+    """The job's complete checkpoints, step -> directory on this machine.
 
     With a remote store the bucket is the truth: a checkpoint only this machine has (its runner died
     before uploading it) is uploaded now, and the latest one is fetched here if this machine lacks it,
     so a job whose machine died resumes on another one."""
-    known = set(session.scalars(select(Checkpoint.step).where(Checkpoint.job_id == job.id)))
     on_disk: dict[int, Path] = {}
     if directory.is_dir():
         for child in directory.iterdir():
@@ -242,6 +282,13 @@ def _sync_checkpoints(session: Session, job: Job, directory: Path, blobs: BlobSt
         if on_disk:
             latest = max(on_disk)
             blobs.download_tree(artifacts.job_key(job.id, "checkpoints", f"step-{latest}"), on_disk[latest])
+    return on_disk
+
+
+def _record_checkpoints(session: Session, job: Job, on_disk: dict[int, Path]) -> int | None:
+    """Record checkpoints that reached the disk (or the bucket) but not the database (the runner died in
+    between); return the latest step, which is where the trainer resumes."""
+    known = set(session.scalars(select(Checkpoint.step).where(Checkpoint.job_id == job.id)))
     for step, path in on_disk.items():
         if step not in known:
             session.add(
