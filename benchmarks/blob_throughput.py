@@ -7,7 +7,10 @@ Each measurement runs in a child process of its own, so that its peak RSS is its
 - s3 upload:      the same two calls on `S3BlobStore` (stage on disk, then a streaming multipart upload
                   with a SHA-256 per part);
 - s3 download:    `iter_range` streamed from the object (the API's download path);
-- s3 fetch:       `fetch` into the local cache, checked by sha256 (a runner's path to its training data).
+- s3 fetch:       `fetch` into the local cache, checked by sha256 (a runner's path to its training data);
+- obstore upload / download (with `--obstore`, if the `obstore` package is installed): the same bytes
+  through obstore's own multipart `put` (16 MiB parts, its default 12 in flight) and `get().stream()`,
+  the alternative client the issue asked to measure against boto3.
 
 The S3 server is moto's standalone server (`moto_server`) in a process of its own on loopback: it keeps
 objects in memory and is not real S3, so the S3 numbers are the client's costs plus moto's, not a
@@ -62,8 +65,37 @@ def _store(kind: str, home: Path, endpoint: str) -> object:
     )
 
 
+def obstore_phase(what: str, endpoint: str, source: Path) -> dict[str, float]:
+    import obstore
+    from obstore.store import S3Store
+
+    store = S3Store(
+        BUCKET,
+        endpoint=endpoint,
+        region="us-east-1",
+        access_key_id="bench",
+        secret_access_key="bench",
+        client_options={"allow_http": True},
+    )
+    obstore.list(store, prefix="warm").collect()
+    before = _rss_mib()
+    started = time.perf_counter()
+    size = source.stat().st_size
+    if what == "upload":
+        obstore.put(store, "obstore/big.bin", source, chunk_size=16 * MiB)
+    else:
+        got = 0
+        for chunk in obstore.get(store, "obstore/big.bin").stream(min_chunk_size=MiB):
+            got += len(chunk)
+        assert got == size
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "mb_s": size / MiB / seconds, "peak_mib": _peak_mib(), "before_mib": before}
+
+
 def phase(kind: str, what: str, home: Path, endpoint: str, source: Path, sha: str) -> dict[str, float]:
     """One measurement in this (child) process."""
+    if kind == "obstore":
+        return obstore_phase(what, endpoint, source)
     store = _store(kind, home, endpoint)
     # Warm the client's imports and connection so the numbers are about the bytes.
     store.check()  # type: ignore[attr-defined]
@@ -109,6 +141,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--mib", type=int, default=1024, help="File size in MiB (default 1024).")
+    parser.add_argument("--obstore", action="store_true", help="Also measure the obstore client.")
     parser.add_argument("--phase", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
@@ -154,18 +187,19 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.3)
-        rows = []
-        for kind, what, home in [
+        phases = [
             ("local", "upload", "local"),
             ("local", "download", "local"),
             ("s3", "upload", "s3-a"),
             ("s3", "download", "s3-b"),
             ("s3", "fetch", "s3-b"),
-        ]:
+        ]
+        if args.obstore:
+            phases += [("obstore", "upload", "obstore"), ("obstore", "download", "obstore")]
+        for kind, what, home in phases:
             result = _child(kind, what, work / home, endpoint, source, sha)
-            rows.append((kind, what, result))
             print(
-                f"{kind:5} {what:8} {args.mib} MiB in {result['seconds']:6.2f} s = {result['mb_s']:7.1f} MiB/s, "
+                f"{kind:7} {what:8} {args.mib} MiB in {result['seconds']:6.2f} s = {result['mb_s']:7.1f} MiB/s, "
                 f"peak RSS {result['peak_mib']:6.1f} MiB (+{result['peak_mib'] - result['before_mib']:.1f} "
                 "over its start)",
                 flush=True,

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
         ge=5 * 1024**2,
         description="Part size of S3 multipart uploads (at least 5 MiB).",
     )
+    blob_upload_concurrency: int = Field(
+        default=4, ge=1, le=64, description="Parts of one S3 multipart upload in flight at once."
+    )
     blob_cache_bytes: int = Field(
         default=20 * 1024**3,
         ge=0,

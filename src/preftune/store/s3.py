@@ -4,8 +4,9 @@ Keys under the URL's prefix: `blobs/ab/<sha256>` for uploaded files (content-add
 disk) and `jobs/<job id>/...` for job artifacts (checkpoints, adapters, models, logs).
 
 - An upload is staged on the local disk exactly as by the local store (hashed, fsynced, validated
-  from there), then *placed* by one streaming multipart upload, part by part (memory: one part),
-  each part carrying its SHA-256 so the server verifies what it received. Any failure aborts the
+  from there), then *placed* by one streaming multipart upload, part by part,
+  each part carrying its SHA-256 so the server verifies what it received; a few parts are in flight
+  at once (`blob_upload_concurrency`), so memory is a few parts whatever the size. Any failure aborts the
   multipart upload, so no parts are left behind; a process killed mid-upload leaves one open, and
   `sweep_staged` (run when the API starts) aborts those older than `stale_upload_seconds`.
   The row that names a blob commits only after the object exists.
@@ -30,6 +31,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -90,6 +92,7 @@ class S3BlobStore(BlobStore):
         endpoint: str | None = None,
         part_bytes: int = DEFAULT_PART_BYTES,
         cache_bytes: int = 20 * 1024**3,
+        upload_concurrency: int = 4,
         lock: ReferenceLock | None = None,
         check_client: Any = None,
     ) -> None:
@@ -101,6 +104,7 @@ class S3BlobStore(BlobStore):
         self.endpoint = endpoint
         self.part_bytes = part_bytes
         self.cache_bytes = cache_bytes
+        self.upload_concurrency = max(1, upload_concurrency)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, lock: ReferenceLock | None = None) -> S3BlobStore:
@@ -115,6 +119,7 @@ class S3BlobStore(BlobStore):
             endpoint=settings.s3_endpoint_url,
             part_bytes=settings.blob_part_bytes,
             cache_bytes=settings.blob_cache_bytes,
+            upload_concurrency=settings.blob_upload_concurrency,
             lock=lock,
         )
 
@@ -298,7 +303,7 @@ class S3BlobStore(BlobStore):
     def put_stream(
         self, key: str, read: Callable[[int], bytes], *, metadata: dict[str, str] | None = None
     ) -> int:
-        """Upload what `read(n)` returns until it returns b'' to `key`, one part at a time; returns the size.
+        """Upload what `read(n)` returns until it returns b'' to `key`, in parts; returns the size.
 
         Smaller than one part: one PUT. Otherwise a multipart upload, aborted on any failure (the
         reader's included), so an interrupted upload leaves no parts in the bucket.
@@ -319,36 +324,51 @@ class S3BlobStore(BlobStore):
             Bucket=self.bucket, Key=key, Metadata=meta, ChecksumAlgorithm="SHA256"
         )
         upload_id = upload["UploadId"]
+
+        def send(number: int, chunk: bytes) -> dict[str, Any]:
+            checksum = _b64_sha256(chunk)
+            response = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=chunk,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=checksum,
+            )
+            return {"ETag": response["ETag"], "PartNumber": number, "ChecksumSHA256": checksum}
+
+        # Up to `upload_concurrency` parts in flight (boto3 clients are thread-safe): memory is that many
+        # parts plus the one being read, whatever the size.
+        pool = ThreadPoolExecutor(max_workers=self.upload_concurrency, thread_name_prefix="s3-part")
         try:
             parts: list[dict[str, Any]] = []
+            pending: list[Future[dict[str, Any]]] = []
             size = 0
+            number = 0
             chunk = first
             while chunk:
-                number = len(parts) + 1
-                checksum = _b64_sha256(chunk)
-                response = self.client.upload_part(
-                    Bucket=self.bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=chunk,
-                    ChecksumAlgorithm="SHA256",
-                    ChecksumSHA256=checksum,
-                )
-                parts.append({"ETag": response["ETag"], "PartNumber": number, "ChecksumSHA256": checksum})
+                number += 1
                 size += len(chunk)
-                chunk = b""  # drop the part before reading the next: one part in memory
+                pending.append(pool.submit(send, number, chunk))
+                chunk = b""  # drop our reference: the part lives only in its future until sent
+                while len(pending) >= self.upload_concurrency:
+                    parts.append(pending.pop(0).result())
                 chunk = read(self.part_bytes)
+            parts.extend(future.result() for future in pending)
             self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
             return size
         except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # no part may land after the abort
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             except Exception:
                 log.exception("could not abort multipart upload %s of %s; sweep_staged will", upload_id, key)
             raise
+        finally:
+            pool.shutdown(wait=True)
 
     def open_uploads(self) -> list[dict[str, Any]]:
         """Multipart uploads under the prefix that were started and neither completed nor aborted."""
