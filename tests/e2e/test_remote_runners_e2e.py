@@ -3,7 +3,8 @@
 Three `preftune runner` processes, each with its own PREFTUNE_HOME (its own disk), and one API server
 with another: eight small jobs each complete exactly once; a runner SIGKILLed mid-job loses it to
 another runner, which resumes from the checkpoint it finds in the bucket; the API server, restarted
-in the middle, then serves every job's adapter and checkpoints, fetched from the bucket."""
+in the middle, then serves every job's adapter and checkpoints, and chats with a fine-tuned model,
+all fetched from the bucket."""
 
 from __future__ import annotations
 
@@ -136,6 +137,14 @@ def test_three_runners_eight_jobs_a_killed_runner_and_a_restarted_api(
             assert len(api.get("/files").json()["data"]) == 1
             models = [m["id"] for m in api.get("/models").json()["data"] if m["id"].startswith("ft:")]
             assert len(models) == len(jobs)
+            # Chat with a model trained on another machine: its adapter comes from the bucket.
+            name = api.get(f"/fine-tunes/{victim}").json()["output_name"]
+            chat = api.post(
+                "/chat/completions",
+                json={"model": name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+            )
+            assert chat.status_code == 200, chat.text
+            assert chat.json()["model"] == name
 
         keys = s3.list_keys(s3_server, s3_bucket, "pt/jobs/")
         for job_id in jobs:
