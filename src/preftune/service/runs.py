@@ -159,7 +159,7 @@ def claim_job(session: Session, runner_id: str, settings: Settings, blobs: BlobS
     return None
 
 
-def _start_attempt(session: Session, token: str, settings: Settings, blobs: BlobStore) -> ClaimedJob:
+def _start_attempt(session: Session, token: str, settings: Settings, blobs: BlobStore) -> ClaimedJob | None:
     # populate_existing: the session may hold this row from before the UPDATE (expire_on_commit is off).
     job = session.scalars(
         select(Job).where(Job.claim_token == token).execution_options(populate_existing=True)
@@ -167,20 +167,37 @@ def _start_attempt(session: Session, token: str, settings: Settings, blobs: Blob
     # Started before (a dead runner, a failed attempt or a runner shut down): resume, do not start over.
     restarted = job.started_at is not None
     session.commit()  # no transaction stays open while the files come (the lease keeper writes meanwhile)
-    # Fetching the data and the latest checkpoint from a remote store can take a while: keep the lease.
-    with keep_lease(lambda: Session(bind=session.get_bind()), job.id, token, settings):
-        on_disk = _checkpoint_dirs(job, job_dir(settings, job.id) / "checkpoints", blobs)
-        training_file = file_blob_path(session, job.training_file_id, blobs)
-        validation_file = (
-            file_blob_path(session, job.validation_file_id, blobs) if job.validation_file_id else None
+    try:
+        # Fetching the data and the latest checkpoint from a remote store can take a while: keep the lease.
+        with keep_lease(lambda: Session(bind=session.get_bind()), job.id, token, settings):
+            on_disk = _checkpoint_dirs(job, job_dir(settings, job.id) / "checkpoints", blobs)
+            training_file = file_blob_path(session, job.training_file_id, blobs)
+            validation_file = (
+                file_blob_path(session, job.validation_file_id, blobs) if job.validation_file_id else None
+            )
+            # Recorded by an API server: on this machine it is a copy fetched from the store (if remote).
+            from_checkpoint = (
+                str(artifacts.local_artifact(settings, blobs, job.from_checkpoint_path))
+                if job.from_checkpoint_path
+                else None
+            )
+            session.commit()
+    except Exception as exc:
+        # The store failed us (down past its retries, a blob missing): this attempt fails like any other
+        # (retried while attempts remain) and the runner goes on with the next job.
+        session.rollback()
+        message, code, _ = error_fields(exc)
+        log.warning("job %s: could not fetch its files from %s: %s", job.id, blobs.describe(), message)
+        fail_job(
+            session,
+            job.id,
+            token,
+            settings,
+            message=f"could not fetch the job's files from the blob store {blobs.describe()}: {message}",
+            user_error=False,
+            code=code or "storage_error",
         )
-        # Recorded by an API server: on this machine it is a copy fetched from the store (if remote).
-        from_checkpoint = (
-            str(artifacts.local_artifact(settings, blobs, job.from_checkpoint_path))
-            if job.from_checkpoint_path
-            else None
-        )
-        session.commit()
+        return None
     resume_step = _record_checkpoints(session, job, on_disk)
     if job.started_at is None:
         job.started_at = now()
