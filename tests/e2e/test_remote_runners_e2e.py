@@ -22,7 +22,6 @@ import pytest
 
 from helpers import s3
 from helpers.data import first_lines
-from helpers.models import install_base_model
 from helpers.postgres import create_database
 from helpers.server import ServeProcess, child_env, preftune_command
 
@@ -62,7 +61,18 @@ def test_three_runners_eight_jobs_a_killed_runner_and_a_restarted_api(
     # A short lease: a dead runner's job is claimed again within seconds.
     runner_env = shared | {"PREFTUNE_LEASE_SECONDS": "6", "PREFTUNE_HEARTBEAT_SECONDS": "1"}
     api_home = tmp_path / "api"
-    install_base_model(api_home, tiny_model_dir, MODEL)
+    # Imported on the API machine with the bucket set: the base model goes to the bucket too, and the
+    # runners fetch it from there (their homes start empty).
+    imported = subprocess.run(
+        preftune_command("models", "import", str(tiny_model_dir), "--as", MODEL, "--json"),
+        env=child_env(api_home, **shared),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert imported.returncode == 0 and '"published": true' in imported.stdout, (
+        imported.stdout + imported.stderr
+    )
     server = ServeProcess(home=api_home, workers=0, env=shared)
     server.start()
     runners: dict[str, subprocess.Popen[bytes]] = {}
@@ -82,9 +92,7 @@ def test_three_runners_eight_jobs_a_killed_runner_and_a_restarted_api(
         jobs = [victim, *others]
 
         for name in ("r0", "r1", "r2"):
-            home = tmp_path / name
-            install_base_model(home, tiny_model_dir, MODEL)  # each machine has the base model by name
-            runners[name] = _start_runner(home, name, runner_env)
+            runners[name] = _start_runner(tmp_path / name, name, runner_env)
 
         # Kill the victim's runner (and its training process) right after the first checkpoint.
         deadline = time.monotonic() + 400
@@ -146,6 +154,7 @@ def test_three_runners_eight_jobs_a_killed_runner_and_a_restarted_api(
             assert chat.status_code == 200, chat.text
             assert chat.json()["model"] == name
 
+        assert (tmp_path / "r1" / "models" / MODEL / "config.json").is_file()  # fetched from the bucket
         keys = s3.list_keys(s3_server, s3_bucket, "pt/jobs/")
         for job_id in jobs:
             assert f"pt/jobs/{job_id}/adapter/.preftune-tree.json" in keys

@@ -15,9 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from preftune.config import Settings
+from preftune.errors import ModelNotFoundError
 from preftune.store.blobs import BlobStore
 
 LOG_NAME = "train.log"
+# Imported base models (`preftune models import DIR --as NAME` with a remote store) live under models/<name>/.
+MODELS_KEY = "models"
 OUTPUT_NAMES = ("adapter", "model", "merged")
 
 
@@ -89,3 +92,41 @@ def remote_checkpoint_steps(blobs: BlobStore, job_id: str) -> dict[int, str]:
         if name.startswith("step-") and name.removeprefix("step-").isdigit():
             steps[int(name.removeprefix("step-"))] = job_key(job_id, "checkpoints", name)
     return steps
+
+
+def publish_base_model(blobs: BlobStore, name: str, path: Path) -> bool:
+    """Upload an imported base model (`models/<name>/`) so runners on other machines can fetch it;
+    False when the store is local or the bucket already has it."""
+    if not blobs.remote or name in blobs.list_trees(MODELS_KEY):
+        return False
+    blobs.upload_tree(f"{MODELS_KEY}/{name}", path)
+    return True
+
+
+def fetch_base_model(settings: Settings, blobs: BlobStore, name: str) -> None:
+    """Make the base model `name` resolvable on this machine: a model imported on another machine is
+    fetched from the bucket into `HOME/models/<name>/`. Embedded models import themselves anywhere;
+    paths and hub ids are left to `resolve_model`, whose error names what is missing."""
+    from preftune.contracts.base_models import EMBEDDED_MODELS, resolve_model
+
+    if not blobs.remote or name in EMBEDDED_MODELS or "/" in name:
+        return
+    try:
+        resolve_model(name, settings.models_dir)
+        return
+    except ModelNotFoundError:
+        pass
+    blobs.download_tree(f"{MODELS_KEY}/{name}", settings.models_dir / name)
+
+
+def publish_imported_model(settings: Settings, name: str, path: Path) -> bool:
+    """`preftune models import` with `PREFTUNE_BLOB_URL=s3://...`: the imported directory model goes to
+    the bucket too (embedded models are imported by each machine itself). False when nothing was sent."""
+    from preftune.contracts.base_models import EMBEDDED_MODELS
+    from preftune.store.blobs import open_blob_store
+
+    if not settings.blob_url or not settings.blob_url.startswith("s3://") or name in EMBEDDED_MODELS:
+        return False
+    blobs = open_blob_store(settings)
+    blobs.check()
+    return publish_base_model(blobs, name, path)

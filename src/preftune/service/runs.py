@@ -171,6 +171,7 @@ def _start_attempt(session: Session, token: str, settings: Settings, blobs: Blob
         # Fetching the data and the latest checkpoint from a remote store can take a while: keep the lease.
         with keep_lease(lambda: Session(bind=session.get_bind()), job.id, token, settings):
             on_disk = _checkpoint_dirs(job, job_dir(settings, job.id) / "checkpoints", blobs)
+            artifacts.fetch_base_model(settings, blobs, job.model)
             training_file = file_blob_path(session, job.training_file_id, blobs)
             validation_file = (
                 file_blob_path(session, job.validation_file_id, blobs) if job.validation_file_id else None
