@@ -138,7 +138,10 @@ def import_command(
         path, imported = import_model(name, settings.models_dir, as_name)
     published = _publish(settings, path)
     if json_output:
-        print_json({"name": path.name, "path": str(path), "imported": imported, "published": published})
+        result: dict[str, object] = {"name": path.name, "path": str(path), "imported": imported}
+        if settings.blob_url and settings.blob_url.startswith("s3://"):
+            result["published"] = published  # uploaded to the bucket just now
+        print_json(result)
     elif imported:
         console.print(f"[green]Imported[/] {path.name} to {path}", highlight=False)
     else:
