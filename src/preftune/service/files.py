@@ -142,6 +142,7 @@ def _create(
         request_hash=fingerprint,
     )
     session.add(record)
+    blobs.prepare(blob)  # a remote store uploads here, before the lock every machine shares
     with blobs.references():
         # Placed before the row commits: a crash in between leaves an unused blob, never a file
         # without its bytes. Under the lock, no delete can run between the two.

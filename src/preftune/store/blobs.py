@@ -268,6 +268,10 @@ class BlobStore:
         with Path(path).open("rb") as source:
             return self.stage_file(source, max_bytes=max_bytes)
 
+    def prepare(self, staged: StagedBlob) -> None:
+        """Do the slow part of placing before `references()` is taken (a remote store uploads the bytes
+        under their sha256 key here, so the lock is never held across a transfer). Nothing to do on disk."""
+
     def place(self, staged: StagedBlob) -> BlobInfo:
         """Move a staged blob under its sha256 name. Call it inside `references()`."""
         final = self.path(staged.sha256)

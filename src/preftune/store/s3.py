@@ -281,13 +281,23 @@ class S3BlobStore(BlobStore):
             removed += 1
         return removed
 
-    def place(self, staged: StagedBlob) -> BlobInfo:
-        """Upload a staged blob under its sha256 key (unless the bucket has it), then keep the staged file
-        as the cached copy. Call it inside `references()`."""
+    def _upload_staged(self, staged: StagedBlob) -> None:
         key = self.blob_key(staged.sha256)
         if self._head(key) is None:
             with staged.path.open("rb") as source:
                 self.put_stream(key, source.read, metadata={"sha256": staged.sha256})
+
+    def prepare(self, staged: StagedBlob) -> None:
+        """Upload the staged bytes under their sha256 key (unless the bucket has them), outside
+        `references()`: the lock spans every machine and must not wait on a transfer. Content-addressed,
+        so uploading bytes no row uses yet is harmless; a delete that removes them meanwhile is undone
+        by `place`."""
+        self._upload_staged(staged)
+
+    def place(self, staged: StagedBlob) -> BlobInfo:
+        """Make sure the bucket has the staged blob (uploaded by `prepare`, or now if a delete removed it
+        meanwhile), then keep the staged file as the cached copy. Call it inside `references()`."""
+        self._upload_staged(staged)
         final = self.path(staged.sha256)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged.path, final)
