@@ -100,3 +100,10 @@ def is_disk_full(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+class StorageUnavailableError(PreftuneError):
+    """The blob store (an S3 endpoint) cannot be reached or refuses this server's credentials."""
+
+    status_code = 503
+    error_type = "storage_unavailable"

@@ -11,7 +11,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -19,6 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from preftune.config import Settings
 from preftune.errors import InsufficientStorageError, is_disk_full
+
+# The advisory-lock key of the blob store's `references()` lock (any fixed 64-bit number).
+BLOB_REFERENCES_LOCK = 0x70726566_74756E65  # "preftune"
 
 # Raised when every pooled connection stayed busy for the pool's timeout; the api answers it with a 503.
 __all__ = ["Database", "PoolTimeout", "make_engine", "open_database"]
@@ -93,6 +96,19 @@ class Database:
             raise
         finally:
             session.close()
+
+    @contextmanager
+    def advisory_lock(self, key: int = BLOB_REFERENCES_LOCK) -> Iterator[None]:
+        """Hold a PostgreSQL session-level advisory lock: one holder among every process and machine
+        that uses this database; released when the block ends or the connection drops (its holder died).
+        Only for PostgreSQL (SQLite is one machine's: a file lock does)."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                conn.commit()
 
     def migrate(self) -> None:
         """Bring the schema up to date (Alembic `upgrade head`)."""
