@@ -9,17 +9,19 @@ always creates, so two deliberate identical jobs are still possible.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Header, Path, Query
+from fastapi import APIRouter, Header, Path, Query
 from sqlalchemy.orm import Session
 
-from preftune.api import presenters
-from preftune.api.deps import get_db, get_owner, get_settings
-from preftune.api.openai_schemas import OpenAICheckpoint, OpenAIFineTuningJob, OpenAIJobCreate, OpenAIJobEvent
-from preftune.api.schemas import ListResponse
-from preftune.config import Settings
-from preftune.errors import NotFoundError
+from preftune.api.deps import CallerDep, IdempotencyKey, SessionDep, SettingsDep
+from preftune.api.dialects.openai import presenters
+from preftune.api.dialects.openai.schemas import (
+    OpenAICheckpoint,
+    OpenAIFineTuningJob,
+    OpenAIJobCreate,
+    OpenAIJobEvent,
+)
+from preftune.api.pagination import ListResponse, list_response, page_after
 from preftune.service import jobs as job_service
-from preftune.service.keys import Caller
 
 router = APIRouter(tags=["openai-compatible"])
 
@@ -38,12 +40,13 @@ def _retry_count(header: str | None) -> int:
     summary="Create a job (OpenAI shape)",
 )
 def create_job(
+    *,
     body: OpenAIJobCreate,
-    idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=255),
+    idempotency_key: IdempotencyKey = None,
     stainless_retry: str | None = Header(None, alias="x-stainless-retry-count", include_in_schema=False),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
-    settings: Settings = Depends(get_settings),
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> OpenAIFineTuningJob:
     """`method.dpo.hyperparameters` takes beta, n_epochs, batch_size, learning_rate_multiplier and any
     preftune knob (rpo_alpha, simpo_gamma, lora_r, ...); `method.type: supervised` trains SFT."""
@@ -76,24 +79,24 @@ def create_job(
     "/fine_tuning/jobs", response_model=ListResponse[OpenAIFineTuningJob], summary="List jobs (OpenAI)"
 )
 def list_jobs(
+    *,
     after: str | None = Query(None, description="The last job id of the previous page."),
     limit: int = Query(20, ge=1, le=1000),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
+    caller: CallerDep,
+    session: SessionDep,
 ) -> ListResponse[OpenAIFineTuningJob]:
     page = job_service.list_jobs(session, caller.owner_id, limit=limit, after=after)
-    return ListResponse[OpenAIFineTuningJob](
-        data=[presenters.openai_job(row) for row in page.data], has_more=page.has_more
-    )
+    return list_response([presenters.openai_job(row) for row in page.data], has_more=page.has_more)
 
 
 @router.get(
     "/fine_tuning/jobs/{job_id}", response_model=OpenAIFineTuningJob, summary="Retrieve a job (OpenAI)"
 )
 def retrieve_job(
+    *,
     job_id: str = Path(description="ftjob-… id"),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
+    caller: CallerDep,
+    session: SessionDep,
 ) -> OpenAIFineTuningJob:
     return presenters.openai_job(job_service.get_job(session, caller.owner_id, job_id))
 
@@ -102,9 +105,10 @@ def retrieve_job(
     "/fine_tuning/jobs/{job_id}/cancel", response_model=OpenAIFineTuningJob, summary="Cancel (OpenAI)"
 )
 def cancel_job(
+    *,
     job_id: str = Path(description="ftjob-… id"),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
+    caller: CallerDep,
+    session: SessionDep,
 ) -> OpenAIFineTuningJob:
     return presenters.openai_job(job_service.cancel_job(session, caller.owner_id, job_id))
 
@@ -115,27 +119,16 @@ def cancel_job(
     summary="Job events (OpenAI)",
 )
 def list_events(
+    *,
     job_id: str = Path(description="ftjob-… id"),
     after: str | None = Query(None, description="The last event id of the previous page."),
     limit: int = Query(20, ge=1, le=1000),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
+    caller: CallerDep,
+    session: SessionDep,
 ) -> ListResponse[OpenAIJobEvent]:
     """Newest first: `message` events (job milestones) and `metrics` events (one per training step)."""
     merged = _merged_events(session, caller.owner_id, job_id)
-    start = 0
-    if after is not None:
-        ids = [event.id for event in merged]
-        if after not in ids:
-            raise NotFoundError(f"after: event {after!r} not found in job {job_id}", param="after")
-        start = ids.index(after) + 1
-    page = merged[start : start + limit]
-    return ListResponse[OpenAIJobEvent](
-        data=page,
-        has_more=start + limit < len(merged),
-        first_id=page[0].id if page else None,
-        last_id=page[-1].id if page else None,
-    )
+    return page_after(merged, after, limit, what="event", where=f" in job {job_id}")
 
 
 def _merged_events(session: Session, owner_id: str, job_id: str) -> list[OpenAIJobEvent]:
@@ -160,26 +153,15 @@ def _merged_events(session: Session, owner_id: str, job_id: str) -> list[OpenAIJ
     summary="Job checkpoints (OpenAI)",
 )
 def list_checkpoints(
+    *,
     job_id: str = Path(description="ftjob-… id"),
     after: str | None = Query(None, description="The last checkpoint id of the previous page."),
     limit: int = Query(10, ge=1, le=1000),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
+    caller: CallerDep,
+    session: SessionDep,
 ) -> ListResponse[OpenAICheckpoint]:
     """Newest first."""
     job = job_service.get_job(session, caller.owner_id, job_id)
     rows = job_service.list_checkpoints(session, caller.owner_id, job_id, order="desc")
     items = [presenters.openai_checkpoint(row, job) for row in rows]
-    start = 0
-    if after is not None:
-        ids = [c.id for c in items]
-        if after not in ids:
-            raise NotFoundError(f"after: checkpoint {after!r} not found in job {job_id}", param="after")
-        start = ids.index(after) + 1
-    page = items[start : start + limit]
-    return ListResponse[OpenAICheckpoint](
-        data=page,
-        has_more=start + limit < len(items),
-        first_id=page[0].id if page else None,
-        last_id=page[-1].id if page else None,
-    )
+    return page_after(items, after, limit, what="checkpoint", where=f" in job {job_id}")
