@@ -33,6 +33,9 @@ from preftune.service import runs
 
 # Routes that answer without a key, by design.
 PUBLIC = {("GET", "/v1/fine-tunes/spec")}
+# Routes whose credential is a signed grant in the path, not an API key (Together's presigned upload
+# URL): any key is irrelevant there, and a grant that is not valid is a 401 for everyone.
+SIGNED = {("PUT", "/v1/files/uploads/{upload_token}")}
 ALICE_BYTES = "alice-private-adapter-bytes"
 PAIR = (
     '{"input": {"messages": [{"role": "user", "content": "alice-secret-prompt"}]}, '
@@ -57,7 +60,10 @@ class Tenants:
 def _path_value(param: str, ids: dict[str, str]) -> str:
     """Alice's id for a path parameter, recognised by its name (any dialect's spelling)."""
     name = param.lower()
+    if name == "upload_token":
+        return "not-a-grant.not-a-signature"
     for needle, kind in (
+        ("ft_id", "job"),
         ("checkpoint", "checkpoint"),
         ("event", "event"),
         ("deploy", "deployment"),
@@ -150,8 +156,10 @@ def _routes(app: Any) -> list[tuple[str, str, list[str]]]:
         if not isinstance(route, APIRoute) or not path.startswith("/v1"):
             continue
         params = re.findall(r"\{(\w+)(?::\w+)?\}", path)
+        # A required query parameter naming a resource (Together's ?ft_id=, ?model_name=) makes an id route too.
+        query = [f.alias for f in route.dependant.query_params if f.field_info.is_required()]
         for method in sorted(route.methods - {"HEAD", "OPTIONS"}):
-            out.append((method, path, params))
+            out.append((method, path, params + [f"?{q}" for q in query]))
     return out
 
 
@@ -166,8 +174,10 @@ def _flat_routes(app: Any) -> Iterator[tuple[str, Any]]:
         yield context.path or "", context.original_route
 
 
-def _fill(path: str, ids: dict[str, str]) -> str:
-    return re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: _path_value(m.group(1), ids), path)
+def _fill(path: str, ids: dict[str, str], params: list[str] | None = None) -> str:
+    url = re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: _path_value(m.group(1), ids), path)
+    query = [p[1:] for p in params or [] if p.startswith("?")]
+    return url + ("?" + "&".join(f"{q}={_path_value(q, ids)}" for q in query) if query else "")
 
 
 def _leaks(text: str, secrets: list[str], allowed: str) -> list[str]:
@@ -175,14 +185,23 @@ def _leaks(text: str, secrets: list[str], allowed: str) -> list[str]:
     return [s for s in secrets if s in text and s not in allowed]
 
 
-def test_another_owner_gets_404_and_none_of_the_data_on_every_route(tenants: Tenants) -> None:
+# Every route again as a Together client (its dialect's versions of the shared paths answer then).
+DIALECTS = pytest.mark.parametrize(
+    "dialect", [{}, {"X-Preftune-Dialect": "together"}], ids=["native", "together"]
+)
+
+
+@DIALECTS
+def test_another_owner_gets_404_and_none_of_the_data_on_every_route(
+    tenants: Tenants, dialect: dict[str, str]
+) -> None:
     http, ids = tenants.client, tenants.ids
-    bob = {"Authorization": f"Bearer {tenants.bob}"}
+    bob = {"Authorization": f"Bearer {tenants.bob}", **dialect}
     checked_id, checked_list = [], []
     for method, path, params in _routes(tenants.app):
-        if (method, path) in PUBLIC:
+        if (method, path) in PUBLIC | SIGNED:
             continue
-        url = _fill(path, ids)
+        url = _fill(path, ids, params)
         if params:
             response = http.request(method, url, headers=bob, json={} if method == "POST" else None)
             assert response.status_code == 404, (method, path, response.status_code, response.text)
@@ -227,17 +246,21 @@ def test_another_owner_gets_404_and_none_of_the_data_on_every_route(tenants: Ten
     assert http.get("/v1/keys", headers=alice).json()["data"][0]["revoked_at"] is None
 
 
-def test_no_key_an_unknown_key_or_a_revoked_key_is_401_on_every_route(tenants: Tenants) -> None:
+@DIALECTS
+def test_no_key_an_unknown_key_or_a_revoked_key_is_401_on_every_route(
+    tenants: Tenants, dialect: dict[str, str]
+) -> None:
     http = tenants.client
     checked = 0
-    for method, path, _ in _routes(tenants.app):
-        url = _fill(path, tenants.ids)
+    for method, path, params in _routes(tenants.app):
+        url = _fill(path, tenants.ids, params)
         for headers in (
             {},
             {"Authorization": "Bearer pt-not-a-real-key"},
             {"Authorization": f"Bearer {tenants.revoked}"},
             {"Authorization": "Basic YWxpY2U6c2VjcmV0"},
         ):
+            headers = {**headers, **dialect}
             response = http.request(method, url, headers=headers, json={} if method == "POST" else None)
             if (method, path) in PUBLIC:
                 assert response.status_code == 200, (method, path)

@@ -100,8 +100,11 @@ def _client_key(scope: Scope) -> str:
 
 
 def is_upload(scope: Scope) -> bool:
-    """An upload route of any dialect: a POST to a path ending in /files."""
-    return scope.get("method") == "POST" and str(scope.get("path", "")).rstrip("/").endswith("/files")
+    """An upload route of any dialect: a POST to a path ending in /files, or a PUT of a presigned
+    upload URL (`/v1/files/uploads/{token}`, Together's handshake)."""
+    path = str(scope.get("path", "")).rstrip("/")
+    method = scope.get("method")
+    return (method == "POST" and path.endswith("/files")) or (method == "PUT" and "/files/uploads/" in path)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

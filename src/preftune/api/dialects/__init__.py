@@ -23,6 +23,7 @@ from __future__ import annotations
 
 # (module, prefix): modules with a `router`, and optionally `startup(app)` / `shutdown(app)`.
 DIALECT_ROUTERS: list[tuple[str, str]] = [
+    ("preftune.api.dialects.together.routes", "/v1"),
     ("preftune.api.dialects.native.files", "/v1"),
     ("preftune.api.dialects.native.fine_tunes", "/v1"),
     ("preftune.api.dialects.native.keys", "/v1"),
@@ -30,5 +31,6 @@ DIALECT_ROUTERS: list[tuple[str, str]] = [
 ]
 # Present only where their dependencies are (the inference engine).
 OPTIONAL_DIALECT_ROUTERS: list[tuple[str, str]] = [
+    ("preftune.api.dialects.together.routes", "/v1"),
     ("preftune.api.dialects.openai.inference", "/v1"),
 ]
