@@ -82,7 +82,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_limits(app, settings)
     for module, prefix in modules:
-        app.include_router(module.router, prefix=prefix)
+        # A dialect module offers `router`, or `routers` (in order; `(router, prefix)` for another prefix).
+        for entry in getattr(module, "routers", None) or [module.router]:
+            router, where = entry if isinstance(entry, tuple) else (entry, prefix)
+            app.include_router(router, prefix=where)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -43,6 +43,7 @@ class UploadGrant:
     purpose: str
     max_bytes: int
     expires_at: float
+    name: str | None = None  # the dataset name the file gets (Fireworks' datasets)
 
 
 def _b64(data: bytes) -> str:
@@ -65,6 +66,7 @@ def issue_grant(
     purpose: str = "fine-tune",
     max_bytes: int | None = None,
     ttl_seconds: float = UPLOAD_GRANT_SECONDS,
+    name: str | None = None,
 ) -> tuple[UploadGrant, str]:
     """Reserve a file id for `owner_id` and sign a grant to upload its bytes; (grant, token)."""
     if purpose not in PURPOSES:
@@ -79,6 +81,7 @@ def issue_grant(
         purpose=purpose,
         max_bytes=limit,
         expires_at=now() + ttl_seconds,
+        name=name,
     )
     body = {
         "o": grant.owner_id,
@@ -87,6 +90,7 @@ def issue_grant(
         "p": grant.purpose,
         "m": grant.max_bytes,
         "e": int(grant.expires_at),
+        "d": grant.name,
     }
     payload = _b64(json.dumps(body, separators=(",", ":"), sort_keys=True).encode())
     return grant, f"{payload}.{_signature(settings, payload)}"
@@ -112,6 +116,7 @@ def verify_grant(settings: Settings, token: str) -> UploadGrant:
             purpose=str(body["p"]),
             max_bytes=int(body["m"]),
             expires_at=float(body["e"]),
+            name=str(body["d"]) if body.get("d") is not None else None,
         )
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
         raise _refused("it cannot be read") from exc

@@ -21,16 +21,18 @@ paths with the native one come before it.
 
 from __future__ import annotations
 
-# (module, prefix): modules with a `router`, and optionally `startup(app)` / `shutdown(app)`.
+# (module, prefix): modules with a `router` (or a list `routers`), optionally `startup(app)` / `shutdown(app)`.
 DIALECT_ROUTERS: list[tuple[str, str]] = [
+    ("preftune.api.dialects.uploads", "/v1"),
     ("preftune.api.dialects.together.routes", "/v1"),
     ("preftune.api.dialects.native.files", "/v1"),
     ("preftune.api.dialects.native.fine_tunes", "/v1"),
     ("preftune.api.dialects.native.keys", "/v1"),
     ("preftune.api.dialects.openai.jobs", "/v1"),
+    ("preftune.api.dialects.fireworks.routes", "/v1"),
 ]
 # Present only where their dependencies are (the inference engine).
 OPTIONAL_DIALECT_ROUTERS: list[tuple[str, str]] = [
-    ("preftune.api.dialects.together.routes", "/v1"),
+    ("preftune.api.dialects.fireworks.serving", "/v1"),
     ("preftune.api.dialects.openai.inference", "/v1"),
 ]

@@ -8,7 +8,7 @@ answers. A request speaks a dialect when, in this order:
 
 1. its `X-Preftune-Dialect` header names it (`native` forces the native routes);
 2. a path parameter carries the dialect's own id prefix (Together's `ft-...`);
-3. its `User-Agent` is the dialect's official client (`Together/Python 3.1.1`, `AsyncTogether/...`).
+3. its `User-Agent` is the dialect's official client (`Together/Python 3.1.1`, `Fireworks/Python 1.2.30`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ DIALECT_HEADER = "x-preftune-dialect"
 # The User-Agent prefixes of each dialect's official clients.
 USER_AGENTS: dict[str, tuple[str, ...]] = {
     "together": ("Together/", "AsyncTogether/"),
+    "fireworks": ("Fireworks/", "AsyncFireworks/"),
 }
 
 

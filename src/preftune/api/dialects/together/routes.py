@@ -17,17 +17,16 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Form, Path, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, RedirectResponse
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from preftune.api.archive import cached_tar
-from preftune.api.deps import BlobsDep, CallerDep, DatabaseDep, IdempotencyKey, SessionDep, SettingsDep
+from preftune.api.deps import BlobsDep, CallerDep, IdempotencyKey, SessionDep, SettingsDep
 from preftune.api.dialects.select import DialectRoute
 from preftune.api.dialects.together import presenters
 from preftune.api.dialects.together import schemas as tg
 from preftune.contracts.spec import TrainingSpec
-from preftune.errors import InvalidRequestError, PayloadTooLargeError
+from preftune.errors import InvalidRequestError
 from preftune.service import files as file_service
 from preftune.service import jobs as job_service
 from preftune.service import models as model_service
@@ -44,8 +43,11 @@ class JobIdConvertor(StringConvertor):
 
 register_url_convertor("ftjob", JobIdConvertor())
 # Together's versions of paths the native dialect serves too.
+# Not in /openapi.json, where the native operations document these paths (docs/together.md has them).
 shared = APIRouter(
-    tags=["together"], route_class=DialectRoute.for_dialect("together", tg.TOGETHER_JOB_PREFIX)
+    tags=["together"],
+    route_class=DialectRoute.for_dialect("together", tg.TOGETHER_JOB_PREFIX),
+    include_in_schema=False,
 )
 
 JOB_ID = Path(description="ft-… (a native ftjob-… id works too)")
@@ -73,57 +75,8 @@ def start_upload(
     """Reserves a file id and answers with a URL to PUT the bytes to: signed, for this file only,
     at most the server's upload limit, valid once and for 15 minutes."""
     grant, token = upload_service.issue_grant(settings, caller.owner_id, filename=file_name, purpose=purpose)
-    url = str(request.url_for("together_put_upload", upload_token=token))
+    url = str(request.url_for("put_upload", upload_token=token))
     return RedirectResponse(url, status_code=302, headers={"X-Together-File-Id": grant.file_id})
-
-
-@only.put(
-    "/files/uploads/{upload_token}",
-    name="together_put_upload",
-    response_model=tg.TogetherFile,
-    responses={
-        401: {"description": "The URL is tampered with, expired or not an upload URL"},
-        409: {"description": "The URL was used already"},
-        413: {"description": "More bytes than the URL allows"},
-    },
-    summary="The presigned upload URL: PUT the file's bytes (no API key)",
-)
-async def put_upload(
-    *,
-    request: Request,
-    upload_token: str = Path(description="The signed grant from the upload handshake."),
-    settings: SettingsDep,
-    db: DatabaseDep,
-    blobs: BlobsDep,
-) -> tg.TogetherFile:
-    grant = upload_service.verify_grant(settings, upload_token)
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > grant.max_bytes:
-        raise PayloadTooLargeError(
-            f"the file is larger than this upload URL allows ({grant.max_bytes} bytes)",
-            param="file",
-            code="file_too_large",
-        )
-    upload_service.claim_grant(settings, grant)
-    blob = await blobs.stage_async_chunks(request.stream(), max_bytes=grant.max_bytes)
-
-    def record() -> tg.TogetherFile:
-        with db.session() as session:
-            row = file_service.create_file(
-                session,
-                grant.owner_id,
-                blob,
-                blobs=blobs,
-                filename=grant.filename,
-                purpose=grant.purpose,
-                file_id=grant.file_id,
-            )
-            return presenters.file_object(row)
-
-    try:
-        return await run_in_threadpool(record)
-    finally:
-        blobs.discard(blob)
 
 
 @only.post(
@@ -183,7 +136,10 @@ def _maximum(name: str) -> int:
 
 
 @only.get(
-    "/fine-tunes/models/limits", response_model=tg.TogetherModelLimits, summary="Model limits (Together)"
+    "/fine-tunes/models/limits",
+    response_model=tg.TogetherModelLimits,
+    responses={404: {"description": "The model is not on this server (or the job is not yours)"}},
+    summary="Model limits (Together)",
 )
 def model_limits(
     *,
@@ -363,6 +319,7 @@ def list_metrics(
     responses={
         200: {"content": {"application/x-tar": {}}, "description": "A tar of the artifact's files"},
         206: {"content": {"application/x-tar": {}}, "description": "The requested byte range"},
+        404: {"description": "The job or checkpoint is not found"},
         409: {"description": "The job has not completed"},
     },
     summary="Download a job's adapter, merged model or a checkpoint (Together; tar, HTTP Range)",
@@ -398,7 +355,5 @@ def download(
     )
 
 
-# One router for the app: Together's versions of the shared paths, then the paths only Together has.
-router = APIRouter()
-router.include_router(shared)
-router.include_router(only)
+# For the app, in this order: Together's versions of the shared paths, then the paths only Together has.
+routers = [shared, only]
