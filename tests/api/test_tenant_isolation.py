@@ -63,6 +63,8 @@ def _path_value(param: str, ids: dict[str, str]) -> str:
     if name == "upload_token":
         return "not-a-grant.not-a-signature"
     for needle, kind in (
+        ("account", "owner"),
+        ("dataset", "dataset"),
         ("ft_id", "job"),
         ("checkpoint", "checkpoint"),
         ("event", "event"),
@@ -145,6 +147,8 @@ def tenants(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Tenants]:
             "key": extra.id,
             "checkpoint": checkpoint.id,
             "event": f"ftevent-{event.seq}",
+            "owner": alice.id,
+            "dataset": "alice-pairs",
         }
         yield Tenants(client, app, alice_key, bob_key, revoked_key, ids)
 

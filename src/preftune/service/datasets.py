@@ -1,10 +1,11 @@
 """Named datasets that are announced before their bytes arrive (Fireworks' dataset flow).
 
 A dataset here is a file with a name (`File.name`, the resource-name rule) once its bytes are in
-and checked. Between `announce` and `mark_ready` it is pending: a small record under
-`PREFTUNE_HOME/datasets/<owner>/<name>.json` (display name, the example count the client
-declared, when it was announced). A pending record that already has its file is "uploaded, not
-yet validated". Servers sharing a database must share `PREFTUNE_HOME/datasets/` for a dataset
+and checked. Its record under `PREFTUNE_HOME/datasets/<owner>/<name>.json` keeps what the file does
+not (display name, the example count the client declared, when it was announced) and whether it
+is ready: between `announce` and `mark_ready` the dataset is pending, and a pending record that
+already has its file is "uploaded, not yet validated". A named file without a record (uploaded
+through the native routes) is a ready dataset too. Servers sharing a database must share `PREFTUNE_HOME/datasets/` for a dataset
 announced on one to be finished on another.
 """
 
@@ -30,6 +31,7 @@ class PendingDataset:
     display_name: str | None
     example_count: int | None
     created_at: float
+    ready: bool = False
 
 
 def _path(settings: Settings, owner_id: str, name: str) -> Path:
@@ -88,9 +90,20 @@ def list_pending(settings: Settings, owner_id: str) -> list[PendingDataset]:
     return found
 
 
+def is_pending(settings: Settings, owner_id: str, name: str) -> bool:
+    record = pending(settings, owner_id, name)
+    return record is not None and not record.ready
+
+
 def mark_ready(settings: Settings, owner_id: str, name: str) -> None:
-    """The dataset's file is in and checked: it is an ordinary named file from now on."""
-    _path(settings, owner_id, name).unlink(missing_ok=True)
+    """The dataset's file is in and checked."""
+    record = pending(settings, owner_id, name)
+    if record is not None:
+        record.ready = True
+        path = _path(settings, owner_id, name)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(record)), encoding="utf-8")
+        tmp.replace(path)
 
 
 def forget(settings: Settings, owner_id: str, name: str) -> bool:

@@ -110,7 +110,7 @@ def check_rows(path: FilePath) -> int:
 
 def dataset_object(account: str, name: str, row: models.File | None, record: Any) -> fw.Dataset:
     created = record.created_at if record is not None else (row.created_at if row is not None else 0.0)
-    ready = row is not None and record is None
+    ready = row is not None and (record is None or record.ready)
     count = row.n_examples if row is not None else (record.example_count if record is not None else None)
     return fw.Dataset(
         name=f"accounts/{account}/datasets/{name}",
@@ -212,7 +212,7 @@ def delete_dataset(
 
 def _awaiting(settings: SettingsDep, caller: Caller, dataset_id: str) -> Any:
     record = dataset_service.pending(settings, caller.owner_id, dataset_id)
-    if record is None:
+    if record is None or record.ready:
         raise NotFoundError(
             f"dataset {dataset_id!r} is not awaiting an upload (create it first, or it is READY)",
             param="dataset_id",
@@ -396,7 +396,7 @@ def create_dpo_job(
         raise InvalidRequestError("dpoJobId: preftune chooses job ids; omit it", param="dpoJobId")
     params = body.spec_params()
     dataset = fw.last_segment(body.dataset, "datasets", "dataset")
-    if dataset_service.pending(settings, caller.owner_id, dataset) is not None:
+    if dataset_service.is_pending(settings, caller.owner_id, dataset):
         raise InvalidRequestError(
             f"dataset {dataset!r} is not READY yet: upload its file first", param="dataset"
         )
