@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from helpers.models import install_base_model
-from helpers.server import serve_in_thread
+from helpers.server import self_signed_cert, serve_in_thread
 from preftune.api.app import create_app
 from preftune.config import Settings
 from preftune.service import keys as key_service
@@ -179,3 +179,25 @@ def test_bad_inputs_are_the_sdks_own_4xx_and_create_nothing(server: Server) -> N
     assert list(server.client(key=server.other_key, account=server.other_account).datasets.list()) == []
     with pytest.raises(fireworks.AuthenticationError):
         server.client(key="pt-not-a-key").datasets.list()
+
+
+def test_the_sdks_own_large_file_helper_over_https(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fireworks.lib.dataset_upload.upload_dataset_shards` insists on https upload URLs: behind TLS it
+    runs unchanged (get_upload_endpoint, a PUT without credentials, validate_upload)."""
+    from fireworks.lib.dataset_upload import upload_dataset_shards
+
+    cert, key_file = self_signed_cert(tmp_path / "tls")
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    app = create_app(Settings(home=tmp_path / "home", allow_on_demand_load=False))
+    with serve_in_thread(app, tls=(cert, key_file)) as base_url:
+        with app.state.db.session() as session:
+            owner = key_service.create_owner(session, "alice")
+            _, key = key_service.create_key(session, owner.id, "a")
+        client = fireworks.Fireworks(api_key=key, account_id=owner.id, base_url=base_url, max_retries=0)
+        data = _write(tmp_path / "shard.jsonl", [_pair(i) for i in range(5)])
+        client.datasets.create(dataset_id="sharded", dataset={"example_count": "5"})
+        upload_dataset_shards(client, "sharded", str(data))
+        ready = client.datasets.get("sharded")
+        assert ready.state == "READY" and ready.example_count == "5"

@@ -138,7 +138,7 @@ def test_together_sdk_dpo_lora_to_completion_download_and_continue(
         client.fine_tuning.create(training_file="file-nope", model=model, training_method="dpo", lora=True)
 
 
-def _cli(server: ServeProcess, home: Path, *args: str, cwd: Path | None = None) -> str:
+def _cli(server: ServeProcess, home: Path, *args: str, cwd: Path | None = None, ok: bool = True) -> str:
     together_bin = shutil.which("together", path=str(Path(sys.executable).parent))
     assert together_bin, "the together CLI is not installed (pip install together==3.1.1)"
     env = {
@@ -154,10 +154,10 @@ def _cli(server: ServeProcess, home: Path, *args: str, cwd: Path | None = None) 
     done = subprocess.run(
         [together_bin, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
     )
-    assert done.returncode == 0, (
+    assert (done.returncode == 0) == ok, (
         f"together {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}"
     )
-    return done.stdout
+    return done.stdout if ok else done.stdout + done.stderr
 
 
 def test_together_cli_preference_flow(server: ServeProcess, tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -229,6 +229,26 @@ def test_together_cli_preference_flow(server: ServeProcess, tiny_model_dir: Path
         Path(saved["filename"]) if Path(saved["filename"]).is_absolute() else out_dir / saved["filename"]
     )
     assert "adapter_config.json" in _tar_names(written.read_bytes())
+
+    # Bad input through the CLI: an unknown model is refused with the server's words, nothing created.
+    before = len(client.fine_tuning.list().data)
+    refused = _cli(
+        server,
+        home,
+        "fine-tuning",
+        "create",
+        "--training-file",
+        file_id,
+        "--model",
+        "no-such-model",
+        "--training-method",
+        "dpo",
+        "--lora",
+        "--confirm",
+        ok=False,
+    )
+    assert "no-such-model" in refused
+    assert len(client.fine_tuning.list().data) == before
 
     queued = client.fine_tuning.create(
         training_file=file_id, model=str(tiny_model_dir), training_method="dpo", lora=True

@@ -100,11 +100,14 @@ def _client_key(scope: Scope) -> str:
 
 
 def is_upload(scope: Scope) -> bool:
-    """An upload route of any dialect: a POST to a path ending in /files, or a PUT of a presigned
-    upload URL (`/v1/files/uploads/{token}`, Together's handshake)."""
+    """An upload route of any dialect: a POST to a path ending in /files (native, OpenAI, Together's
+    handshake) or in `:upload` (Fireworks' datasets), or a PUT of a presigned upload URL
+    (`/v1/files/uploads/{grant}`)."""
     path = str(scope.get("path", "")).rstrip("/")
     method = scope.get("method")
-    return (method == "POST" and path.endswith("/files")) or (method == "PUT" and "/files/uploads/" in path)
+    if method == "POST":
+        return path.endswith(("/files", ":upload"))
+    return method == "PUT" and "/files/uploads/" in path
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -3,12 +3,14 @@
 The service pages database lists itself (`service.common.Page`, newest first, `after` = the last
 id of the previous page); `list_response` wraps such a page, or any complete list, in the
 `{"object": "list", "data", "has_more", "first_id", "last_id"}` envelope. `page_after` cuts a
-list the API assembled itself (OpenAI's merged events, checkpoints) at a cursor.
+list the API assembled itself (OpenAI's merged events, checkpoints) at a cursor; `every_page`
+walks a service list to its end, for dialects whose clients get everything at once (Together,
+Fireworks).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
@@ -66,3 +68,17 @@ def page_after(
         start = ids.index(after) + 1
     page = list(items[start : start + limit])
     return list_response(page, has_more=start + limit < len(items))
+
+
+def every_page(
+    fetch: Callable[[str | None], Any], *, cursor: Callable[[Any], str | None] = _id
+) -> Iterator[Any]:
+    """Every item of a service list: `fetch(after)` returns a `service.common.Page`; the next page
+    starts after `cursor(last item)` (its id by default)."""
+    after: str | None = None
+    while True:
+        page = fetch(after)
+        yield from page.data
+        if not page.has_more or not page.data:
+            return
+        after = cursor(page.data[-1])

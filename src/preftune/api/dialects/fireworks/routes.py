@@ -26,6 +26,7 @@ from preftune.api.deps import BlobsDep, CallerDep, DatabaseDep, SessionDep, Sett
 from preftune.api.dialects.fireworks import schemas as fw
 from preftune.api.dialects.native.presenters import public_hyperparameters
 from preftune.api.dialects.states import fireworks_status
+from preftune.api.pagination import every_page
 from preftune.contracts.spec import TrainingSpec
 from preftune.errors import DataValidationError, InvalidRequestError, NotFoundError, PayloadTooLargeError
 from preftune.service import datasets as dataset_service
@@ -166,15 +167,11 @@ def list_datasets(
     pageToken: str | None = Query(None),
 ) -> fw.DatasetList:
     found: dict[str, fw.Dataset] = {}
-    after: str | None = None
-    while True:
-        page = file_service.list_files(session, caller.owner_id, limit=_READ_PAGE, after=after)
-        for row in page.data:
-            if row.name:
-                found[row.name] = dataset_object(caller.owner_id, row.name, row, None)
-        if not page.has_more or not page.data:
-            break
-        after = page.last_id
+    for row in every_page(
+        lambda after: file_service.list_files(session, caller.owner_id, limit=_READ_PAGE, after=after)
+    ):
+        if row.name:
+            found[row.name] = dataset_object(caller.owner_id, row.name, row, None)
     for record in dataset_service.list_pending(settings, caller.owner_id):
         uploaded = dataset_service.file_of(session, caller.owner_id, record.name)
         found[record.name] = dataset_object(caller.owner_id, record.name, uploaded, record)

@@ -20,7 +20,7 @@ from preftune.api.dialects.openai.schemas import (
     OpenAIJobCreate,
     OpenAIJobEvent,
 )
-from preftune.api.pagination import ListResponse, list_response, page_after
+from preftune.api.pagination import ListResponse, every_page, list_response, page_after
 from preftune.service import jobs as job_service
 
 router = APIRouter(tags=["openai-compatible"])
@@ -132,14 +132,12 @@ def list_events(
 
 
 def _merged_events(session: Session, owner_id: str, job_id: str) -> list[OpenAIJobEvent]:
-    events: list[OpenAIJobEvent] = []
-    after: str | None = None
-    while True:
-        page = job_service.list_events(session, owner_id, job_id, after=after, limit=_READ_PAGE, order="asc")
-        events.extend(presenters.openai_event(row) for row in page.data)
-        if not page.has_more or not page.data:
-            break
-        after = page.data[-1].id
+    rows = every_page(
+        lambda after: job_service.list_events(
+            session, owner_id, job_id, after=after, limit=_READ_PAGE, order="asc"
+        )
+    )
+    events: list[OpenAIJobEvent] = [presenters.openai_event(row) for row in rows]
     metric_rows = job_service.list_metric_rows(session, owner_id, job_id, split="train")
     events.extend(presenters.openai_metric_event(row) for row in metric_rows)
     # Newest first; at equal seconds a milestone sorts after the step that caused it.

@@ -25,8 +25,9 @@ from preftune.api.deps import BlobsDep, CallerDep, IdempotencyKey, SessionDep, S
 from preftune.api.dialects.select import DialectRoute
 from preftune.api.dialects.together import presenters
 from preftune.api.dialects.together import schemas as tg
+from preftune.api.pagination import every_page
 from preftune.contracts.spec import TrainingSpec
-from preftune.errors import InvalidRequestError
+from preftune.errors import InvalidRequestError, NotFoundError
 from preftune.service import files as file_service
 from preftune.service import jobs as job_service
 from preftune.service import models as model_service
@@ -91,14 +92,9 @@ def preprocess_file(
 
 @shared.get("/files", response_model=tg.TogetherFileList, summary="List files (Together)")
 def list_files(*, caller: CallerDep, session: SessionDep) -> tg.TogetherFileList:
-    rows = []
-    after: str | None = None
-    while True:
-        page = file_service.list_files(session, caller.owner_id, limit=_READ_PAGE, after=after)
-        rows.extend(page.data)
-        if not page.has_more or not page.data:
-            break
-        after = page.last_id
+    rows = every_page(
+        lambda after: file_service.list_files(session, caller.owner_id, limit=_READ_PAGE, after=after)
+    )
     return tg.TogetherFileList(data=[presenters.file_object(row) for row in rows])
 
 
@@ -234,26 +230,19 @@ def create_job(
 
 @shared.get("/fine-tunes", response_model=tg.TogetherJobList, summary="List jobs (Together)")
 def list_jobs(*, caller: CallerDep, session: SessionDep) -> tg.TogetherJobList:
-    rows = []
-    after: str | None = None
-    while True:
-        page = job_service.list_jobs(session, caller.owner_id, limit=_READ_PAGE, after=after)
-        rows.extend(page.data)
-        if not page.has_more or not page.data:
-            break
-        after = page.last_id
+    rows = every_page(
+        lambda after: job_service.list_jobs(session, caller.owner_id, limit=_READ_PAGE, after=after)
+    )
     return tg.TogetherJobList(data=[presenters.job_object(row) for row in rows])
 
 
 def _events(session: SessionDep, owner_id: str, job_id: str) -> list[tg.TogetherEvent]:
-    events: list[tg.TogetherEvent] = []
-    after: str | None = None
-    while True:
-        page = job_service.list_events(session, owner_id, job_id, after=after, limit=_READ_PAGE, order="asc")
-        events.extend(presenters.event_object(row, job_id) for row in page.data)
-        if not page.has_more or not page.data:
-            return events
-        after = page.data[-1].id
+    rows = every_page(
+        lambda after: job_service.list_events(
+            session, owner_id, job_id, after=after, limit=_READ_PAGE, order="asc"
+        )
+    )
+    return [presenters.event_object(row, job_id) for row in rows]
 
 
 @shared.get("/fine-tunes/{job_id:ftjob}", response_model=tg.TogetherJob, summary="Retrieve a job (Together)")
@@ -345,9 +334,19 @@ def download(
     step = None
     if checkpoint_step and not (job.status == "completed" and checkpoint_step == job.step):
         artifact, step = "checkpoint", checkpoint_step
-    source = job_service.artifact_path(
-        session, caller.owner_id, job.id, settings, artifact=artifact, step=step
-    )
+    try:
+        source = job_service.artifact_path(
+            session, caller.owner_id, job.id, settings, artifact=artifact, step=step
+        )
+    except NotFoundError as exc:
+        if artifact != "merged":
+            raise
+        raise NotFoundError(
+            f"job {ft_id} has no merged model (preftune merges only jobs created with merge=true; its "
+            "model limits say merge_output_lora: false): download checkpoint=adapter "
+            "(CLI: --checkpoint-type adapter)",
+            param="checkpoint",
+        ) from exc
     name = artifact if step is None else f"checkpoint-{step}"
     tar = cached_tar(source, job_service.job_dir(settings, job.id) / "downloads", name)
     return FileResponse(
