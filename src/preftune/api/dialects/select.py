@@ -7,7 +7,7 @@ when the request speaks its dialect, and otherwise the native route (registered 
 answers. A request speaks a dialect when, in this order:
 
 1. its `X-Preftune-Dialect` header names it (`native` forces the native routes);
-2. a path parameter carries the dialect's own id prefix (Together's `ft-...`);
+2. its `job_id` path parameter carries the dialect's own id prefix (Together's `ft-...`);
 3. its `User-Agent` is the dialect's official client (`Together/Python 3.1.1`, `Fireworks/Python 1.2.30`).
 """
 
@@ -40,7 +40,9 @@ def speaks(scope: Scope, dialect: str, path_params: dict[str, Any], id_prefix: s
     chosen = _header(scope, DIALECT_HEADER)
     if chosen:
         return chosen.strip().lower() == dialect
-    if id_prefix and any(isinstance(v, str) and v.startswith(id_prefix) for v in path_params.values()):
+    # Only a job id says which dialect minted it (a file name may start with anything).
+    job_id = path_params.get("job_id")
+    if id_prefix and isinstance(job_id, str) and job_id.startswith(id_prefix):
         return True
     agent = _header(scope, "user-agent") or ""
     return agent.startswith(USER_AGENTS.get(dialect, ()))

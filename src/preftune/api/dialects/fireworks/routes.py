@@ -15,6 +15,7 @@ user message in `input.messages`, one assistant message in each of `preferred_ou
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path as FilePath
 from typing import Annotated, Any
@@ -411,7 +412,10 @@ def create_dpo_job(
     if not model:
         raise InvalidRequestError("trainingConfig.baseModel is required", param="trainingConfig.baseModel")
     if body.displayName:
-        params.setdefault("suffix", fw.check_resource_id(body.displayName.lower(), "displayName"))
+        # Free text in Fireworks; the model name's suffix keeps its letters, digits, '-' and '_'.
+        suffix = re.sub(r"[^a-zA-Z0-9_-]+", "-", body.displayName).strip("-")[:40]
+        if suffix:
+            params.setdefault("suffix", suffix)
     row = job_service.create_job(
         session,
         caller.owner_id,
