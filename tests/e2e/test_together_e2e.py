@@ -1,7 +1,7 @@
 """The official `together` 3.1.1 SDK and `together` CLI, unchanged, against the real server (one
-runner) with only the base URL and key changed: a DPO LoRA job from upload to completion, its
-events, checkpoints and metrics, the adapter downloaded (PEFT files in the tar), continued
-training from a checkpoint, and the CLI's whole preference flow through `subprocess`."""
+runner) with only the base URL and key changed: a DPO LoRA job from upload to completion, chat with
+its model, its events, checkpoints and metrics, the adapter downloaded (PEFT files in the tar),
+continued training from a checkpoint, and the CLI's whole preference flow through `subprocess`."""
 
 from __future__ import annotations
 
@@ -91,6 +91,13 @@ def test_together_sdk_dpo_lora_to_completion_download_and_continue(
     done = _wait(client, job.id)
     assert done.status == "completed", server.log()[-3000:]
     assert done.x_model_output_name and done.x_model_output_name.startswith("ft:")
+
+    # Chat with the fine-tuned model through the same SDK (the OpenAI-shaped chat route).
+    reply = client.chat.completions.create(
+        model=done.x_model_output_name, messages=[{"role": "user", "content": "1 plus 1?"}], max_tokens=4
+    )
+    assert reply.choices and reply.choices[0].message and reply.choices[0].message.role == "assistant"
+    assert reply.model == done.x_model_output_name
 
     events = client.fine_tuning.list_events(job.id).data
     types = [e.type for e in events]
