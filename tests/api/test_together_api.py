@@ -271,3 +271,21 @@ def test_the_presigned_url_is_signed_expiring_single_use_size_limited_and_nothin
     _, expired = upload_service.issue_grant(server.settings, "owner-x", filename="a.jsonl", ttl_seconds=-1)
     gone = httpx.put(f"{prefix}/{expired}", content=body)
     assert gone.status_code == 401 and "expired" in gone.json()["error"]["message"]
+
+
+def test_a_retried_create_returns_the_first_job_and_a_new_request_creates(server: Server) -> None:
+    """The SDK retries a create (timeout, 5xx) without an idempotency key, marking it with
+    x-stainless-retry-count: the retry is the first job, not a second one."""
+    file_id = server.client().files.upload(file=server.data, check=False).id
+    body = {
+        "training_file": file_id,
+        "model": "tiny-llama",
+        "training_method": {"method": "dpo", "dpo_beta": 0.3},
+    }
+    headers = {"Authorization": f"Bearer {server.key}", "User-Agent": "Together/Python 3.1.1"}
+    first = httpx.post(f"{server.base_url}/v1/fine-tunes", json=body, headers=headers).json()["id"]
+    retried = httpx.post(
+        f"{server.base_url}/v1/fine-tunes", json=body, headers={**headers, "x-stainless-retry-count": "1"}
+    ).json()["id"]
+    again = httpx.post(f"{server.base_url}/v1/fine-tunes", json=body, headers=headers).json()["id"]
+    assert first.startswith("ft-") and retried == first and again != first

@@ -26,6 +26,7 @@ from fastapi.concurrency import run_in_threadpool
 from preftune.api.deps import BlobsDep, CallerDep, DatabaseDep, SessionDep, SettingsDep
 from preftune.api.dialects.fireworks import schemas as fw
 from preftune.api.dialects.native.presenters import public_hyperparameters
+from preftune.api.dialects.retries import RetryCount, create_job_once
 from preftune.api.dialects.states import fireworks_status
 from preftune.api.pagination import every_page
 from preftune.contracts.spec import TrainingSpec
@@ -386,6 +387,7 @@ def create_dpo_job(
     *,
     body: fw.DpoJobCreate,
     dpoJobId: str | None = Query(None, description="Not supported: preftune chooses job ids."),
+    retry: RetryCount,
     caller: AccountDep,
     session: SessionDep,
     settings: SettingsDep,
@@ -416,12 +418,14 @@ def create_dpo_job(
         suffix = re.sub(r"[^a-zA-Z0-9_-]+", "-", body.displayName).strip("-")[:40]
         if suffix:
             params.setdefault("suffix", suffix)
-    row = job_service.create_job(
+    row = create_job_once(
         session,
-        caller.owner_id,
+        caller,
         settings=settings,
+        retry=retry,
         model=model,
         training_file=dataset,
+        validation_file=None,
         params=params,
     )
     return dpo_job_object(caller.owner_id, row, dataset)

@@ -1,15 +1,15 @@
 """`/v1/fine_tuning/jobs*`: the OpenAI-compatible job routes, for the official `openai` client.
 
 Same jobs as `/v1/fine-tunes`, shown in OpenAI's shapes and states. Creation maps
-`method.<type>.hyperparameters` onto `TrainingSpec` (see `preftune.api.openai_schemas`) and
+`method.<type>.hyperparameters` onto `TrainingSpec` (see `api.dialects.openai.schemas`) and
 is idempotent under the client's retries, which carry no idempotency key but mark themselves
-with `x-stainless-retry-count` (see `preftune.service.jobs.find_retried_job`). A first attempt
-always creates, so two deliberate identical jobs are still possible.
+with `x-stainless-retry-count` (`api.dialects.retries`, as for Together's and Fireworks' clients).
+A first attempt always creates, so two deliberate identical jobs are still possible.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Path, Query
 from sqlalchemy.orm import Session
 
 from preftune.api.deps import CallerDep, IdempotencyKey, SessionDep, SettingsDep
@@ -20,6 +20,7 @@ from preftune.api.dialects.openai.schemas import (
     OpenAIJobCreate,
     OpenAIJobEvent,
 )
+from preftune.api.dialects.retries import RetryCount, create_job_once
 from preftune.api.pagination import ListResponse, every_page, list_response, page_after
 from preftune.service import jobs as job_service
 
@@ -27,10 +28,6 @@ router = APIRouter(tags=["openai-compatible"])
 
 # Events and metric points are read in pages of this size to merge them.
 _READ_PAGE = 1000
-
-
-def _retry_count(header: str | None) -> int:
-    return int(header) if header and header.isdigit() else 0
 
 
 @router.post(
@@ -43,33 +40,22 @@ def create_job(
     *,
     body: OpenAIJobCreate,
     idempotency_key: IdempotencyKey = None,
-    stainless_retry: str | None = Header(None, alias="x-stainless-retry-count", include_in_schema=False),
+    retry: RetryCount,
     caller: CallerDep,
     session: SessionDep,
     settings: SettingsDep,
 ) -> OpenAIFineTuningJob:
     """`method.dpo.hyperparameters` takes beta, n_epochs, batch_size, learning_rate_multiplier and any
     preftune knob (rpo_alpha, simpo_gamma, lora_r, ...); `method.type: supervised` trains SFT."""
-    params = body.spec_params()
-    if idempotency_key is None and _retry_count(stainless_retry) > 0:
-        previous = job_service.find_retried_job(
-            session,
-            caller.owner_id,
-            model=body.model,
-            training_file=body.training_file,
-            validation_file=body.validation_file,
-            params=params,
-        )
-        if previous is not None:
-            return presenters.openai_job(previous)
-    job = job_service.create_job(
+    job = create_job_once(
         session,
-        caller.owner_id,
+        caller,
         settings=settings,
+        retry=retry,
         model=body.model,
         training_file=body.training_file,
         validation_file=body.validation_file,
-        params=params,
+        params=body.spec_params(),
         idempotency_key=idempotency_key,
     )
     return presenters.openai_job(job)

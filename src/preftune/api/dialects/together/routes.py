@@ -22,6 +22,7 @@ from starlette.convertors import StringConvertor, register_url_convertor
 
 from preftune.api.archive import cached_tar
 from preftune.api.deps import BlobsDep, CallerDep, IdempotencyKey, SessionDep, SettingsDep
+from preftune.api.dialects.retries import RetryCount, create_job_once
 from preftune.api.dialects.select import DialectRoute
 from preftune.api.dialects.together import presenters
 from preftune.api.dialects.together import schemas as tg
@@ -205,6 +206,7 @@ def create_job(
     *,
     body: tg.TogetherJobCreate,
     idempotency_key: IdempotencyKey = None,
+    retry: RetryCount,
     caller: CallerDep,
     session: SessionDep,
     settings: SettingsDep,
@@ -215,10 +217,11 @@ def create_job(
         if not body.from_checkpoint:
             raise InvalidRequestError("model is required (or from_checkpoint)", param="model")
         model = _base_model(session, caller.owner_id, body.from_checkpoint, settings)
-    job = job_service.create_job(
+    job = create_job_once(
         session,
-        caller.owner_id,
+        caller,
         settings=settings,
+        retry=retry,
         model=model,
         training_file=body.training_file,
         validation_file=body.validation_file_id(),
