@@ -195,9 +195,12 @@ def test_the_sdks_own_large_file_helper_over_https(
         with app.state.db.session() as session:
             owner = key_service.create_owner(session, "alice")
             _, key = key_service.create_key(session, owner.id, "a")
-        client = fireworks.Fireworks(api_key=key, account_id=owner.id, base_url=base_url, max_retries=0)
-        data = _write(tmp_path / "shard.jsonl", [_pair(i) for i in range(5)])
-        client.datasets.create(dataset_id="sharded", dataset={"example_count": "5"})
-        upload_dataset_shards(client, "sharded", str(data))
-        ready = client.datasets.get("sharded")
-        assert ready.state == "READY" and ready.example_count == "5"
+        # Closed before the server stops: an open keep-alive TLS connection holds its shutdown 30 s.
+        with fireworks.Fireworks(
+            api_key=key, account_id=owner.id, base_url=base_url, max_retries=0
+        ) as client:
+            data = _write(tmp_path / "shard.jsonl", [_pair(i) for i in range(5)])
+            client.datasets.create(dataset_id="sharded", dataset={"example_count": "5"})
+            upload_dataset_shards(client, "sharded", str(data))
+            ready = client.datasets.get("sharded")
+            assert ready.state == "READY" and ready.example_count == "5"
