@@ -1,11 +1,14 @@
-"""Tenants never see each other, for every route of the app: generated from `app.routes`, so a
-route added later (another dialect, a new resource) is covered without anyone listing it.
+"""Tenants never see each other, for every route of the app: generated from `app.routes`
+(`helpers.routes.tenant_routes`: every route that needs a key), so a route added later (another
+dialect, a new resource) is covered without anyone listing it; tests/api/test_route_coverage.py
+fails for a route that is neither walked here nor listed as public with a reason.
 
 Alice owns a file, a completed job (events, metrics, a checkpoint, an adapter, a fine-tuned model),
 a queued job, a deployment and a second key. Bob, a separate owner, calls every route:
 - a route with an id in its path, filled with Alice's id, answers 404 with none of Alice's data;
 - a list route answers with none of Alice's ids, names or bytes (and a cursor of Alice's is a 404);
-- a create naming Alice's file or model is a 404 naming the parameter;
+- a create naming Alice's file or model is a 404 naming the parameter, and a create with Alice's
+  Idempotency-Key makes Bob's own resource (`helpers.routes.CREATES` lists what each create gets);
 - no key, an unknown key and a revoked key get 401 on every route that is not public;
 and Alice's resources are unchanged afterwards.
 """
@@ -18,11 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fastapi.routing
 import pytest
-from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
+from helpers.routes import CREATES, PUBLIC, tenant_routes
 from preftune.api.app import create_app
 from preftune.config import Settings
 from preftune.service import deployments as deployment_service
@@ -31,11 +33,6 @@ from preftune.service import jobs as job_service
 from preftune.service import keys as key_service
 from preftune.service import runs
 
-# Routes that answer without a key, by design.
-PUBLIC = {("GET", "/v1/fine-tunes/spec")}
-# Routes whose credential is a signed grant in the path, not an API key (Together's presigned upload
-# URL): any key is irrelevant there, and a grant that is not valid is a 401 for everyone.
-SIGNED = {("PUT", "/v1/files/uploads/{upload_token}")}
 ALICE_BYTES = "alice-private-adapter-bytes"
 PAIR = (
     '{"input": {"messages": [{"role": "user", "content": "alice-secret-prompt"}]}, '
@@ -52,6 +49,7 @@ class Tenants:
     bob: str
     revoked: str
     ids: dict[str, str]
+    model_dir: Path
 
     def secrets(self) -> list[str]:
         return [*self.ids.values(), ALICE_BYTES, "alice-secret-prompt", "alice-pairs"]
@@ -105,10 +103,16 @@ def tenants(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Tenants]:
                 blobs=blobs,
                 filename="alice.jsonl",
                 name="alice-pairs",
+                idempotency_key="alice-upload-key",
             )
             assert file.status == "processed"
             done = job_service.create_job(
-                session, alice.id, model=str(tiny_model_dir), training_file=file.id, settings=settings
+                session,
+                alice.id,
+                model=str(tiny_model_dir),
+                training_file=file.id,
+                settings=settings,
+                idempotency_key="alice-job-key",
             )
             claimed = runs.claim_job(session, "r", settings, blobs)
             assert claimed is not None and claimed.job_id == done.id
@@ -150,43 +154,13 @@ def tenants(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Tenants]:
             "owner": alice.id,
             "dataset": "alice-pairs",
         }
-        yield Tenants(client, app, alice_key, bob_key, revoked_key, ids)
+        yield Tenants(client, app, alice_key, bob_key, revoked_key, ids, tiny_model_dir)
 
 
-def _routes(app: Any) -> list[tuple[str, str, list[str]]]:
-    """(method, full path, path parameters) of every API route the app serves."""
-    out = []
-    for path, route in _flat_routes(app):
-        if not isinstance(route, APIRoute) or not path.startswith("/v1"):
-            continue
-        params = re.findall(r"\{(\w+)(?::\w+)?\}", path)
-        # A required query parameter naming a resource (Together's ?ft_id=, ?model_name=) makes an id route too.
-        query = [f.alias for f in route.dependant.query_params if f.field_info.is_required()]
-        for method in sorted(route.methods - {"HEAD", "OPTIONS"}):
-            out.append((method, path, params + [f"?{q}" for q in query]))
-    return out
-
-
-def _flat_routes(app: Any) -> Iterator[tuple[str, Any]]:
-    # FastAPI >= 0.16x keeps included routers unflattened in app.routes; its iterator gives full paths.
-    iterate = getattr(fastapi.routing, "iter_route_contexts", None)
-    if iterate is None:
-        for route in app.routes:
-            yield getattr(route, "path", ""), route
-        return
-    for context in iterate(app.routes):
-        yield context.path or "", context.original_route
-
-
-def _fill(path: str, ids: dict[str, str], params: list[str] | None = None) -> str:
+def _fill(path: str, ids: dict[str, str], query: tuple[str, ...] = ()) -> str:
+    """The path with Alice's ids in it, and her ids as the required query parameters that name a resource."""
     url = re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: _path_value(m.group(1), ids), path)
-    query = [p[1:] for p in params or [] if p.startswith("?")]
     return url + ("?" + "&".join(f"{q}={_path_value(q, ids)}" for q in query) if query else "")
-
-
-def _leaks(text: str, secrets: list[str], allowed: str) -> list[str]:
-    # A 404 may echo the id the caller sent (it is in the URL already), and nothing else of Alice's.
-    return [s for s in secrets if s in text and s not in allowed]
 
 
 # Every route again as a Together client (its dialect's versions of the shared paths answer then).
@@ -195,29 +169,34 @@ DIALECTS = pytest.mark.parametrize(
 )
 
 
+def _leaks(text: str, secrets: list[str], allowed: str) -> list[str]:
+    # A 404 may echo the id the caller sent (it is in the URL already), and nothing else of Alice's.
+    return [s for s in secrets if s in text and s not in allowed]
+
+
 @DIALECTS
 def test_another_owner_gets_404_and_none_of_the_data_on_every_route(
     tenants: Tenants, dialect: dict[str, str]
 ) -> None:
     http, ids = tenants.client, tenants.ids
-    bob = {"Authorization": f"Bearer {tenants.bob}", **dialect}
+    bob = {"Authorization": f"Bearer {tenants.bob}"}
+    walker = {**bob, **dialect}
     checked_id, checked_list = [], []
-    for method, path, params in _routes(tenants.app):
-        if (method, path) in PUBLIC | SIGNED:
-            continue
-        url = _fill(path, ids, params)
-        if params:
-            response = http.request(method, url, headers=bob, json={} if method == "POST" else None)
+    for route in tenant_routes(tenants.app):
+        method, path = route.method, route.path
+        url = _fill(path, ids, route.query)
+        if route.kind == "id":
+            response = http.request(method, url, headers=walker, json={} if method == "POST" else None)
             assert response.status_code == 404, (method, path, response.status_code, response.text)
             assert response.json()["error"]["type"] == "not_found_error", (method, path)
             assert not _leaks(response.text, tenants.secrets(), url), (method, path, response.text)
             checked_id.append(f"{method} {path}")
         elif method == "GET":
-            response = http.get(url, headers=bob)
+            response = http.get(url, headers=walker)
             assert response.status_code == 200, (method, path, response.text)
             assert not _leaks(response.text, tenants.secrets(), ""), (method, path, response.text)
             # A cursor of Alice's is unknown to Bob, whatever the list.
-            cursor = http.get(url, params={"after": ids["job"]}, headers=bob)
+            cursor = http.get(url, params={"after": ids["job"]}, headers=walker)
             assert cursor.status_code in (200, 404), (method, path, cursor.text)
             assert not _leaks(cursor.text, tenants.secrets(), ids["job"]), (method, path, cursor.text)
             checked_list.append(f"{method} {path}")
@@ -226,6 +205,7 @@ def test_another_owner_gets_404_and_none_of_the_data_on_every_route(
     assert len(checked_id) >= 18 and len(checked_list) >= 6
 
     # Creates that name Alice's resources in the body.
+    creates_checked = set()
     for path, body, param in (
         ("/v1/fine-tunes", {"training_file": ids["file"], "model": "x"}, "training_file"),
         ("/v1/fine-tunes", {"training_file": "alice-pairs", "model": "x"}, "training_file"),
@@ -236,11 +216,47 @@ def test_another_owner_gets_404_and_none_of_the_data_on_every_route(
             "model",
         ),
         ("/v1/deployments", {"model": ids["model"]}, "model"),
+        ("/v1/fine-tunes/estimate-price", {"training_file": ids["file"]}, "training_file"),
+        (
+            "/inference/v1/chat/completions",
+            {"model": ids["model"], "messages": [{"role": "user", "content": "hi"}]},
+            "model",
+        ),
     ):
         response = http.post(path, json=body, headers=bob)
         assert response.status_code == 404, (path, response.text)
         assert response.json()["error"]["param"] == param, (path, response.text)
         assert not _leaks(response.text, tenants.secrets(), str(body)), (path, response.text)
+        creates_checked.add(("POST", path))
+
+    # Alice's Idempotency-Keys are hers: Bob sending them gets his own new resources, never hers.
+    upload = http.post(
+        "/v1/files",
+        files={"file": ("bob.jsonl", PAIR.encode() * 4)},
+        headers={**bob, "Idempotency-Key": "alice-upload-key"},
+    )
+    assert upload.status_code == 200 and upload.json()["id"] != ids["file"], upload.text
+    assert not _leaks(upload.text, tenants.secrets(), ""), upload.text
+    job = http.post(
+        "/v1/fine-tunes",
+        json={"training_file": upload.json()["id"], "model": str(tenants.model_dir)},
+        headers={**bob, "Idempotency-Key": "alice-job-key"},
+    )
+    assert job.status_code == 200 and job.json()["id"] != ids["job"], job.text
+    assert not _leaks(job.text, tenants.secrets(), ""), job.text
+    creates_checked |= {("POST", "/v1/files"), ("POST", "/v1/fine-tunes")}
+    # A key Bob makes is his own owner's; a new owner needs an admin key.
+    made = http.post("/v1/keys", json={"name": "bob-2"}, headers=bob)
+    assert made.status_code == 200, made.text
+    own = http.get("/v1/files", headers={"Authorization": f"Bearer {made.json()['key']}"}).json()["data"]
+    assert [f["id"] for f in own] == [upload.json()["id"]]
+    refused = http.post("/v1/keys", json={"name": "x", "new_owner": True}, headers=bob)
+    assert refused.status_code == 403 and refused.json()["error"]["param"] == "new_owner", refused.text
+    creates_checked.add(("POST", "/v1/keys"))
+    # Every create of the route table was sent another owner's resources (helpers.routes.CREATES).
+    assert (
+        creates_checked == {r.key for r in tenant_routes(tenants.app) if r.kind == "create"} == set(CREATES)
+    )
 
     # Nothing Bob did touched Alice's resources.
     alice = {"Authorization": f"Bearer {tenants.alice}"}
@@ -256,21 +272,29 @@ def test_no_key_an_unknown_key_or_a_revoked_key_is_401_on_every_route(
 ) -> None:
     http = tenants.client
     checked = 0
-    for method, path, params in _routes(tenants.app):
-        url = _fill(path, tenants.ids, params)
+    for route in tenant_routes(tenants.app):
+        method, path = route.method, route.path
+        url = _fill(path, tenants.ids, route.query)
         for headers in (
             {},
             {"Authorization": "Bearer pt-not-a-real-key"},
             {"Authorization": f"Bearer {tenants.revoked}"},
             {"Authorization": "Basic YWxpY2U6c2VjcmV0"},
         ):
-            headers = {**headers, **dialect}
-            response = http.request(method, url, headers=headers, json={} if method == "POST" else None)
-            if (method, path) in PUBLIC:
-                assert response.status_code == 200, (method, path)
-                continue
+            response = http.request(
+                method, url, headers={**headers, **dialect}, json={} if method == "POST" else None
+            )
             assert response.status_code == 401, (method, path, headers, response.text)
             assert response.json()["error"]["type"] == "authentication_error"
             assert not _leaks(response.text, tenants.secrets(), ""), (method, path)
         checked += 1
     assert checked >= 30
+    # The public routes answer anyone (helpers.routes.PUBLIC says why each may).
+    for method, path in PUBLIC:
+        if "{" not in path:
+            assert http.request(method, path).status_code == 200, (method, path)
+
+    # The presigned upload URL authenticates by its signed grant alone: a bad one is a 401 whatever the key.
+    for headers in ({}, {"Authorization": f"Bearer {tenants.alice}"}):
+        refused = http.put("/v1/files/uploads/not-a-grant.not-a-signature", content=b"{}", headers=headers)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_upload_url"

@@ -20,7 +20,7 @@ from fastapi.openapi.utils import get_openapi
 
 from preftune import __version__
 from preftune.api.dialects import DIALECT_ROUTERS, OPTIONAL_DIALECT_ROUTERS
-from preftune.api.errors import ErrorResponse, install_error_handlers
+from preftune.api.errors import ErrorResponse, document_storage, install_error_handlers
 from preftune.api.limits import document_limits, install_limits
 from preftune.config import Settings
 from preftune.store.blobs import BlobStore
@@ -120,5 +120,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                 if code[0] in "45" and "content" not in response:
                     response.update(error_ref)
     document_limits(schema, error_ref)
+    document_storage(schema, error_ref)
     app.openapi_schema = schema
     return schema
