@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from openai.types.fine_tuning import FineTuningJob
 
-from preftune.api.openai_schemas import (
+from preftune.api.dialects.openai.schemas import (
     BASE_LEARNING_RATE,
     OpenAIFineTuningJob,
     OpenAIJobCreate,

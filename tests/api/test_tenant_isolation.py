@@ -58,7 +58,12 @@ class Tenants:
 def _path_value(param: str, ids: dict[str, str]) -> str:
     """Alice's id for a path parameter, recognised by its name (any dialect's spelling)."""
     name = param.lower()
+    if name == "upload_token":
+        return "not-a-grant.not-a-signature"
     for needle, kind in (
+        ("account", "owner"),
+        ("dataset", "dataset"),
+        ("ft_id", "job"),
         ("checkpoint", "checkpoint"),
         ("event", "event"),
         ("deploy", "deployment"),
@@ -146,12 +151,22 @@ def tenants(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Tenants]:
             "key": extra.id,
             "checkpoint": checkpoint.id,
             "event": f"ftevent-{event.seq}",
+            "owner": alice.id,
+            "dataset": "alice-pairs",
         }
         yield Tenants(client, app, alice_key, bob_key, revoked_key, ids, tiny_model_dir)
 
 
-def _fill(path: str, ids: dict[str, str]) -> str:
-    return re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: _path_value(m.group(1), ids), path)
+def _fill(path: str, ids: dict[str, str], query: tuple[str, ...] = ()) -> str:
+    """The path with Alice's ids in it, and her ids as the required query parameters that name a resource."""
+    url = re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: _path_value(m.group(1), ids), path)
+    return url + ("?" + "&".join(f"{q}={_path_value(q, ids)}" for q in query) if query else "")
+
+
+# Every route again as a Together client (its dialect's versions of the shared paths answer then).
+DIALECTS = pytest.mark.parametrize(
+    "dialect", [{}, {"X-Preftune-Dialect": "together"}], ids=["native", "together"]
+)
 
 
 def _leaks(text: str, secrets: list[str], allowed: str) -> list[str]:
@@ -159,25 +174,29 @@ def _leaks(text: str, secrets: list[str], allowed: str) -> list[str]:
     return [s for s in secrets if s in text and s not in allowed]
 
 
-def test_another_owner_gets_404_and_none_of_the_data_on_every_route(tenants: Tenants) -> None:
+@DIALECTS
+def test_another_owner_gets_404_and_none_of_the_data_on_every_route(
+    tenants: Tenants, dialect: dict[str, str]
+) -> None:
     http, ids = tenants.client, tenants.ids
     bob = {"Authorization": f"Bearer {tenants.bob}"}
+    walker = {**bob, **dialect}
     checked_id, checked_list = [], []
     for route in tenant_routes(tenants.app):
-        method, path, params = route.method, route.path, route.params
-        url = _fill(path, ids)
-        if params:
-            response = http.request(method, url, headers=bob, json={} if method == "POST" else None)
+        method, path = route.method, route.path
+        url = _fill(path, ids, route.query)
+        if route.kind == "id":
+            response = http.request(method, url, headers=walker, json={} if method == "POST" else None)
             assert response.status_code == 404, (method, path, response.status_code, response.text)
             assert response.json()["error"]["type"] == "not_found_error", (method, path)
             assert not _leaks(response.text, tenants.secrets(), url), (method, path, response.text)
             checked_id.append(f"{method} {path}")
         elif method == "GET":
-            response = http.get(url, headers=bob)
+            response = http.get(url, headers=walker)
             assert response.status_code == 200, (method, path, response.text)
             assert not _leaks(response.text, tenants.secrets(), ""), (method, path, response.text)
             # A cursor of Alice's is unknown to Bob, whatever the list.
-            cursor = http.get(url, params={"after": ids["job"]}, headers=bob)
+            cursor = http.get(url, params={"after": ids["job"]}, headers=walker)
             assert cursor.status_code in (200, 404), (method, path, cursor.text)
             assert not _leaks(cursor.text, tenants.secrets(), ids["job"]), (method, path, cursor.text)
             checked_list.append(f"{method} {path}")
@@ -197,6 +216,12 @@ def test_another_owner_gets_404_and_none_of_the_data_on_every_route(tenants: Ten
             "model",
         ),
         ("/v1/deployments", {"model": ids["model"]}, "model"),
+        ("/v1/fine-tunes/estimate-price", {"training_file": ids["file"]}, "training_file"),
+        (
+            "/inference/v1/chat/completions",
+            {"model": ids["model"], "messages": [{"role": "user", "content": "hi"}]},
+            "model",
+        ),
     ):
         response = http.post(path, json=body, headers=bob)
         assert response.status_code == 404, (path, response.text)
@@ -241,19 +266,24 @@ def test_another_owner_gets_404_and_none_of_the_data_on_every_route(tenants: Ten
     assert http.get("/v1/keys", headers=alice).json()["data"][0]["revoked_at"] is None
 
 
-def test_no_key_an_unknown_key_or_a_revoked_key_is_401_on_every_route(tenants: Tenants) -> None:
+@DIALECTS
+def test_no_key_an_unknown_key_or_a_revoked_key_is_401_on_every_route(
+    tenants: Tenants, dialect: dict[str, str]
+) -> None:
     http = tenants.client
     checked = 0
     for route in tenant_routes(tenants.app):
         method, path = route.method, route.path
-        url = _fill(path, tenants.ids)
+        url = _fill(path, tenants.ids, route.query)
         for headers in (
             {},
             {"Authorization": "Bearer pt-not-a-real-key"},
             {"Authorization": f"Bearer {tenants.revoked}"},
             {"Authorization": "Basic YWxpY2U6c2VjcmV0"},
         ):
-            response = http.request(method, url, headers=headers, json={} if method == "POST" else None)
+            response = http.request(
+                method, url, headers={**headers, **dialect}, json={} if method == "POST" else None
+            )
             assert response.status_code == 401, (method, path, headers, response.text)
             assert response.json()["error"]["type"] == "authentication_error"
             assert not _leaks(response.text, tenants.secrets(), ""), (method, path)
@@ -263,3 +293,8 @@ def test_no_key_an_unknown_key_or_a_revoked_key_is_401_on_every_route(tenants: T
     for method, path in PUBLIC:
         if "{" not in path:
             assert http.request(method, path).status_code == 200, (method, path)
+
+    # The presigned upload URL authenticates by its signed grant alone: a bad one is a 401 whatever the key.
+    for headers in ({}, {"Authorization": f"Bearer {tenants.alice}"}):
+        refused = http.put("/v1/files/uploads/not-a-grant.not-a-signature", content=b"{}", headers=headers)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_upload_url"

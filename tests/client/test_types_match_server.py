@@ -42,8 +42,8 @@ NOT_MIRRORED = {
     "MetricList": "the SDK returns its `data` as a list of MetricPoint",
     "ErrorResponse": "errors become preftune.errors exceptions",
 }
-# The `openai` client, not this SDK, reads the OpenAI-compatible routes.
-OTHER_CLIENTS_TAGS = {"openai-compatible"}
+# Other clients, not this SDK, read the other dialects' routes (`openai`, `together`, `fireworks-ai`).
+OTHER_CLIENTS_TAGS = {"openai-compatible", "together", "fireworks"}
 
 
 @pytest.fixture(scope="module")

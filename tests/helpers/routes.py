@@ -35,6 +35,11 @@ PUBLIC: dict[tuple[str, str], str] = {
     ("GET", "/redoc"): "ReDoc over /openapi.json",
     ("GET", "/"): "the console's page; all its data comes from /v1 routes with the user's key",
     ("GET", "/{path:path}"): "the console's static files (JS, CSS), the same for everyone",
+    (
+        "PUT",
+        "/v1/files/uploads/{upload_token}",
+    ): "a presigned upload URL: the signed grant in the path is its "
+    "credential (one file id of one owner, expiring, single-use); a grant that is not valid is a 401",
 }
 
 # Owner routes without an id in the path that write (creates): what the tenant test sends each one.
@@ -46,6 +51,8 @@ CREATES: dict[tuple[str, str], str] = {
     ("POST", "/v1/chat/completions"): "another owner's fine-tuned model is a 404",
     ("POST", "/v1/deployments"): "another owner's fine-tuned model is a 404",
     ("POST", "/v1/keys"): "a key for the caller's own owner; new_owner without an admin key is a 403",
+    ("POST", "/v1/fine-tunes/estimate-price"): "another owner's training_file is a 404 (Together)",
+    ("POST", "/inference/v1/chat/completions"): "another owner's fine-tuned model is a 404 (Fireworks)",
 }
 
 
@@ -57,6 +64,8 @@ class AppRoute:
     path: str
     params: tuple[str, ...]
     owner: bool  # needs an API key: depends on api.deps.get_owner
+    # Required query parameters (Together's ?ft_id=, ?model_name=): they name a resource as a path id does.
+    query: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -64,8 +73,8 @@ class AppRoute:
 
     @property
     def kind(self) -> str:
-        """id (an id in the path), list (a GET without one), create (any other method without one)."""
-        if self.params:
+        """id (an id in the path or a required query), list (a GET without one), create (any other method)."""
+        if self.params or self.query:
             return "id"
         return "list" if self.method == "GET" else "create"
 
@@ -94,8 +103,11 @@ def app_routes(app: Any) -> list[AppRoute]:
         methods = getattr(route, "methods", None) or {"*"}  # a mount answers every method
         owner = isinstance(route, APIRoute) and any(call is get_owner for call in _calls(route.dependant))
         params = tuple(PARAM_RE.findall(path))
+        query = ()
+        if isinstance(route, APIRoute):
+            query = tuple(f.alias for f in route.dependant.query_params if f.field_info.is_required())
         for method in sorted(set(methods) - {"HEAD", "OPTIONS"}):
-            out.append(AppRoute(method, path, params, owner))
+            out.append(AppRoute(method, path, params, owner, query))
     return out
 
 

@@ -1,4 +1,4 @@
-"""The job state machine: legal moves, final states, and the OpenAI view of each state."""
+"""The job state machine: legal moves and final states (each dialect's words: tests/api/test_dialects.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import pytest
 
 from preftune.errors import ConflictError
 from preftune.service.states import (
-    OPENAI_STATUS,
     TERMINAL,
     TRANSITIONS,
     JobStatus,
@@ -18,17 +17,8 @@ from preftune.service.states import (
 S = JobStatus
 
 
-def test_every_state_has_rules_and_an_openai_name() -> None:
+def test_every_state_has_rules() -> None:
     assert set(TRANSITIONS) == set(JobStatus)
-    assert set(OPENAI_STATUS) == set(JobStatus)
-    assert set(OPENAI_STATUS.values()) == {
-        "validating_files",
-        "queued",
-        "running",
-        "succeeded",
-        "failed",
-        "cancelled",
-    }
 
 
 @pytest.mark.parametrize(

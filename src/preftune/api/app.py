@@ -19,26 +19,18 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from preftune import __version__
-from preftune.api.errors import document_storage, install_error_handlers
+from preftune.api.dialects import DIALECT_ROUTERS, OPTIONAL_DIALECT_ROUTERS
+from preftune.api.errors import ErrorResponse, document_storage, install_error_handlers
 from preftune.api.limits import document_limits, install_limits
-from preftune.api.schemas import ErrorResponse
 from preftune.config import Settings
 from preftune.service.bootstrap import open_blobs
 from preftune.store.db import open_database
 
 log = logging.getLogger("preftune.api")
 
-# (module, prefix). Ours are always present; the inference and console routers are optional.
-CORE_ROUTERS = [
-    ("preftune.api.routes.files", "/v1"),
-    ("preftune.api.routes.fine_tunes", "/v1"),
-    ("preftune.api.routes.openai_jobs", "/v1"),
-    ("preftune.api.routes.keys", "/v1"),
-]
-OPTIONAL_ROUTERS = [
-    ("preftune.api.routes.inference", "/v1"),
-    ("preftune.api.routes.console", ""),
-]
+CORE_ROUTERS = DIALECT_ROUTERS
+# Not present in every build: the inference routes (they need the engine) and the console.
+OPTIONAL_ROUTERS = [*OPTIONAL_DIALECT_ROUTERS, ("preftune.api.routes.console", "")]
 
 
 def _optional(module_name: str) -> ModuleType | None:
@@ -90,7 +82,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_limits(app, settings)
     for module, prefix in modules:
-        app.include_router(module.router, prefix=prefix)
+        # A dialect module offers `router`, or `routers` (in order; `(router, prefix)` for another prefix).
+        for entry in getattr(module, "routers", None) or [module.router]:
+            router, where = entry if isinstance(entry, tuple) else (entry, prefix)
+            app.include_router(router, prefix=where)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -1,15 +1,16 @@
 """FastAPI dependencies: the settings, a database session per request, the calling owner.
 
-Routes stay thin: they declare `owner: Owner = Depends(get_owner)` and `session: Session =
-Depends(get_db)` and hand both to `preftune.service`. Authentication is `Authorization:
+Declared once, as `Annotated` aliases, so every dialect's routes say `caller: CallerDep,
+session: SessionDep` and hand both to `preftune.service`. Authentication is `Authorization:
 Bearer KEY`; a missing, unknown or revoked key is a 401 in the error envelope.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -61,3 +62,20 @@ def get_owner(
         )
     with db.session() as session:
         return authenticate(session, credentials.credentials)
+
+
+# The aliases routes declare (one place, not one `Depends(...)` per parameter per route).
+CallerDep = Annotated[Caller, Depends(get_owner)]
+SessionDep = Annotated[Session, Depends(get_db)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Repeat a create safely: the same key (per owner) returns the first resource instead of a "
+        "new one; the same key with a different request is a 409.",
+    ),
+]

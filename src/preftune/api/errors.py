@@ -16,12 +16,25 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from preftune.contracts.spec import TrainingSpec
 from preftune.errors import PreftuneError, is_disk_full
 
 log = logging.getLogger("preftune.api")
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(description="What is wrong and what to change, for a person.")
+    type: str = Field(description="invalid_request_error, authentication_error, not_found_error, ...")
+    param: str | None = Field(default=None, description="The parameter, field or header at fault.")
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
 
 _LOCATIONS = {"body", "query", "path", "header", "cookie", "form", "file"}
 DISK_FULL_MESSAGE = (

@@ -100,8 +100,14 @@ def _client_key(scope: Scope) -> str:
 
 
 def is_upload(scope: Scope) -> bool:
-    """An upload route of any dialect: a POST to a path ending in /files."""
-    return scope.get("method") == "POST" and str(scope.get("path", "")).rstrip("/").endswith("/files")
+    """An upload route of any dialect: a POST to a path ending in /files (native, OpenAI, Together's
+    handshake) or in `:upload` (Fireworks' datasets), or a PUT of a presigned upload URL
+    (`/v1/files/uploads/{grant}`)."""
+    path = str(scope.get("path", "")).rstrip("/")
+    method = scope.get("method")
+    if method == "POST":
+        return path.endswith(("/files", ":upload"))
+    return method == "PUT" and "/files/uploads/" in path
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

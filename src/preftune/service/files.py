@@ -77,6 +77,7 @@ def create_file(
     purpose: str = "fine-tune",
     name: str | None = None,
     idempotency_key: str | None = None,
+    file_id: str | None = None,
 ) -> File:
     """Record an uploaded blob for `owner_id` and validate it; status becomes `processed` or `error`.
 
@@ -84,7 +85,8 @@ def create_file(
     user can read why. `name` (optional) must follow the resource-name rule and be unique per owner.
     With an `idempotency_key`, a repeated upload of the same owner (same content, filename, purpose
     and name) returns the file created first, as job creation does; the same key with another upload
-    is a `ConflictError`. Deleting the file frees its key.
+    is a `ConflictError`. Deleting the file frees its key. `file_id` is an id reserved earlier (a
+    presigned upload, `service.uploads`); by default a new one is made.
 
     An upload comes as a `StagedBlob` with `blobs`, the store that staged it. This function always
     disposes of it, placing it only if the upload is accepted and only under the store's
@@ -93,7 +95,7 @@ def create_file(
     can never remove them in between.
     """
     try:
-        return _create(session, owner_id, blob, blobs, filename, purpose, name, idempotency_key)
+        return _create(session, owner_id, blob, blobs, filename, purpose, name, idempotency_key, file_id)
     finally:
         blobs.discard(blob)  # nothing left to remove once the blob was placed
 
@@ -107,6 +109,7 @@ def _create(
     purpose: str,
     name: str | None,
     idempotency_key: str | None,
+    file_id: str | None = None,
 ) -> File:
     filename = safe_filename(filename)
     idempotency.check_key(idempotency_key)
@@ -125,7 +128,7 @@ def _create(
     report = validate_blob(blob.path, filename)
     ok = bool(report.get("ok"))
     record = File(
-        id=new_id("file"),
+        id=file_id or new_id("file"),
         owner_id=owner_id,
         filename=filename,
         name=name,

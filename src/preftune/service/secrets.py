@@ -7,6 +7,8 @@ created on first use. Servers and workers sharing one database must share the ke
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -37,11 +39,20 @@ def _load_or_create_key(path: Path) -> bytes:
     return key
 
 
-def _fernet(settings: Settings) -> Fernet:
-    key = (
+def _server_key(settings: Settings) -> bytes:
+    return (
         settings.secret_key.encode() if settings.secret_key else _load_or_create_key(settings.secret_key_path)
     )
-    return Fernet(key)
+
+
+def _fernet(settings: Settings) -> Fernet:
+    return Fernet(_server_key(settings))
+
+
+def signing_key(settings: Settings, purpose: str) -> bytes:
+    """A key for HMAC signatures of one `purpose` (e.g. presigned upload URLs), derived from the
+    server's secret key: never the encryption key itself, and different for each purpose."""
+    return hmac.new(_server_key(settings), b"preftune-signing:" + purpose.encode(), hashlib.sha256).digest()
 
 
 def encrypt_secret(settings: Settings, value: str | None) -> str | None:

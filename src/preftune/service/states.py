@@ -41,18 +41,6 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     S.CANCELLED: frozenset(),
 }
 
-# What the OpenAI-compatible routes show for each native state.
-OPENAI_STATUS: dict[JobStatus, str] = {
-    S.PENDING: "validating_files",
-    S.QUEUED: "queued",
-    S.RUNNING: "running",
-    S.CANCEL_REQUESTED: "running",
-    S.COMPLETED: "succeeded",
-    S.ERROR: "failed",
-    S.USER_ERROR: "failed",
-    S.CANCELLED: "cancelled",
-}
-
 
 def can_transition(current: str, target: str) -> bool:
     return JobStatus(target) in TRANSITIONS[JobStatus(current)]

@@ -5,21 +5,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Header, Path, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response, StreamingResponse
-from sqlalchemy.orm import Session
 
-from preftune.api import presenters, schemas
 from preftune.api.byte_ranges import stream_blob
-from preftune.api.deps import get_blobs, get_database, get_db, get_owner, get_settings
-from preftune.config import Settings
+from preftune.api.deps import BlobsDep, CallerDep, DatabaseDep, IdempotencyKey, SessionDep, SettingsDep
+from preftune.api.dialects.native import presenters, schemas
+from preftune.api.pagination import ListResponse, list_response
 from preftune.contracts.spec import TrainingSpec
 from preftune.errors import PayloadTooLargeError
 from preftune.service import files as file_service
-from preftune.service.keys import Caller
-from preftune.store.blobs import BlobStore
-from preftune.store.db import Database
 
 router = APIRouter(tags=["files"])
 
@@ -46,23 +42,18 @@ def _too_large(limit: int) -> PayloadTooLargeError:
     summary="Upload and validate a data file",
 )
 async def upload_file(
+    *,
     request: Request,
     file: UploadFile = File(description="A JSONL data file (preference or SFT format)."),
     purpose: Literal["fine-tune"] = Form("fine-tune", description="Only fine-tune is supported."),
     name: str | None = Form(
         None, pattern=schemas.RESOURCE_NAME_PATTERN, description="Optional dataset name, e.g. orca-pairs-v2."
     ),
-    idempotency_key: str | None = Header(
-        None,
-        alias="Idempotency-Key",
-        max_length=255,
-        description="Repeat an upload safely: the same key (per owner) with the same file returns the first "
-        "file object instead of a new one; with a different file it is a 409.",
-    ),
-    caller: Caller = Depends(get_owner),
-    settings: Settings = Depends(get_settings),
-    db: Database = Depends(get_database),
-    blobs: BlobStore = Depends(get_blobs),
+    idempotency_key: IdempotencyKey = None,
+    caller: CallerDep,
+    settings: SettingsDep,
+    db: DatabaseDep,
+    blobs: BlobsDep,
 ) -> schemas.FileObject:
     """The body is copied to the blob store in 1 MiB chunks (never held whole in memory) and
     validated; `status` is `processed` or `error`, with the report's summary inline."""
@@ -99,25 +90,24 @@ async def upload_file(
         blobs.discard(blob)
 
 
-@router.get("/files", response_model=schemas.ListResponse[schemas.FileObject], summary="List your files")
+@router.get("/files", response_model=ListResponse[schemas.FileObject], summary="List your files")
 def list_files(
+    *,
     limit: int = Query(20, ge=1, le=1000, description="Files per page."),
     after: str | None = Query(None, description="Cursor: the last file id of the previous page."),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
-) -> schemas.ListResponse[schemas.FileObject]:
+    caller: CallerDep,
+    session: SessionDep,
+) -> ListResponse[schemas.FileObject]:
     page = file_service.list_files(session, caller.owner_id, limit=limit, after=after)
-    data = [presenters.file_object(row) for row in page.data]
-    return schemas.ListResponse[schemas.FileObject](
-        data=data, has_more=page.has_more, first_id=data[0].id if data else None, last_id=page.last_id
-    )
+    return list_response([presenters.file_object(row) for row in page.data], has_more=page.has_more)
 
 
 @router.get("/files/{file_id}", response_model=schemas.FileObject, summary="Retrieve a file")
 def retrieve_file(
+    *,
     file_id: str = Path(description="file-… id or the file's dataset name"),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
+    caller: CallerDep,
+    session: SessionDep,
 ) -> schemas.FileObject:
     return presenters.file_object(file_service.get_file(session, caller.owner_id, file_id))
 
@@ -126,6 +116,7 @@ def retrieve_file(
     "/files/{file_id}/report", response_model=dict[str, Any], summary="A file's full validation report"
 )
 def file_report(
+    *,
     file_id: str = Path(description="file-… id or dataset name"),
     model: str | None = Query(
         None,
@@ -136,10 +127,10 @@ def file_report(
         ge=16,
         description="With `model`: count the examples longer than this many tokens.",
     ),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
-    blobs: BlobStore = Depends(get_blobs),
-    settings: Settings = Depends(get_settings),
+    caller: CallerDep,
+    session: SessionDep,
+    blobs: BlobsDep,
+    settings: SettingsDep,
 ) -> dict[str, Any]:
     """Counts, every collected error (`line`, `field`, `message`), warnings and, with `model`, token statistics."""
     if model is None:
@@ -163,10 +154,11 @@ def file_report(
 )
 def file_content(
     request: Request,
+    *,
     file_id: str = Path(description="file-… id or dataset name"),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
-    blobs: BlobStore = Depends(get_blobs),
+    caller: CallerDep,
+    session: SessionDep,
+    blobs: BlobsDep,
 ) -> Response:
     """The exact bytes that were uploaded (HTTP Range supported), streamed from the blob store."""
     row = file_service.get_file(session, caller.owner_id, file_id)
@@ -187,10 +179,11 @@ def file_content(
     summary="Delete a file",
 )
 def delete_file(
+    *,
     file_id: str = Path(description="file-… id or dataset name"),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
-    blobs: BlobStore = Depends(get_blobs),
+    caller: CallerDep,
+    session: SessionDep,
+    blobs: BlobsDep,
 ) -> schemas.DeletedObject:
     """Refused (409) while an unfinished job uses the file."""
     row = file_service.delete_file(session, caller.owner_id, file_id, blobs)

@@ -1,4 +1,4 @@
-"""Request and response bodies of the native API (`/v1/files`, `/v1/fine-tunes`, `/v1/keys`).
+"""Request and response bodies of the native dialect (`/v1/files`, `/v1/fine-tunes`, `/v1/keys`).
 
 Declared as pydantic models so that `/openapi.json` describes every route exactly. The
 job-create body *is* `TrainingSpec` plus the files and model, so a knob added to the spec
@@ -7,37 +7,16 @@ appears in the API (and its schema) with no change here.
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from preftune.contracts.spec import TrainingSpec
 
-T = TypeVar("T")
-
 RESOURCE_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 JobStatus = Literal[
     "pending", "queued", "running", "cancel_requested", "completed", "error", "user_error", "cancelled"
 ]
-
-
-class ErrorDetail(BaseModel):
-    message: str = Field(description="What is wrong and what to change, for a person.")
-    type: str = Field(description="invalid_request_error, authentication_error, not_found_error, ...")
-    param: str | None = Field(default=None, description="The parameter, field or header at fault.")
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
-
-
-class ListResponse(BaseModel, Generic[T]):
-    object: Literal["list"] = "list"
-    data: list[T]
-    has_more: bool = False
-    first_id: str | None = None
-    last_id: str | None = None
 
 
 # --- files ------------------------------------------------------------------------------

@@ -13,23 +13,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from preftune.api.dialects.states import OpenAIStatus
 from preftune.contracts.spec import TrainingSpec
 from preftune.errors import InvalidRequestError
 
 # learning_rate = learning_rate_multiplier x this; a multiplier of 1 is TrainingSpec's default.
 BASE_LEARNING_RATE: float = TrainingSpec.model_fields["learning_rate"].default
 
-OpenAIStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
-NATIVE_TO_OPENAI_STATUS: dict[str, OpenAIStatus] = {
-    "pending": "validating_files",
-    "queued": "queued",
-    "running": "running",
-    "cancel_requested": "running",
-    "completed": "succeeded",
-    "error": "failed",
-    "user_error": "failed",
-    "cancelled": "cancelled",
-}
 METHOD_TO_NATIVE = {"dpo": "dpo", "supervised": "sft"}
 NATIVE_TO_METHOD = {"dpo": "dpo", "sft": "supervised"}
 

@@ -1,4 +1,4 @@
-"""`/v1/fine-tunes`: the native job routes (Together-style flat bodies, native states).
+"""`/v1/fine-tunes`: the native dialect's job routes (Together-style flat bodies, native states).
 
 Thin: each route parses its input, calls `preftune.service.jobs`, and presents the rows.
 """
@@ -7,27 +7,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Path, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import FileResponse
-from sqlalchemy.orm import Session
 
-from preftune.api import presenters, schemas
 from preftune.api.archive import cached_tar
-from preftune.api.deps import get_blobs, get_db, get_owner, get_settings
-from preftune.config import Settings
+from preftune.api.deps import BlobsDep, CallerDep, IdempotencyKey, SessionDep, SettingsDep
+from preftune.api.dialects.native import presenters, schemas
+from preftune.api.pagination import ListResponse, list_response
 from preftune.contracts.spec import TrainingSpec
 from preftune.service import jobs as job_service
-from preftune.service.keys import Caller
-from preftune.store.blobs import BlobStore
 
 router = APIRouter(tags=["fine-tunes"])
-
-IDEMPOTENCY_HEADER = Header(
-    None,
-    alias="Idempotency-Key",
-    max_length=255,
-    description="Repeat a create safely: the same key (per owner) returns the first job instead of a new one.",
-)
 
 
 @router.get("/fine-tunes/spec", response_model=dict[str, Any], summary="Every hyperparameter, as JSON schema")
@@ -46,12 +36,13 @@ def training_spec_schema() -> dict[str, Any]:
     summary="Create a fine-tuning job",
 )
 def create_fine_tune(
+    *,
     body: schemas.FineTuneCreate,
-    idempotency_key: str | None = IDEMPOTENCY_HEADER,
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
-    settings: Settings = Depends(get_settings),
-    blobs: BlobStore = Depends(get_blobs),
+    idempotency_key: IdempotencyKey = None,
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    blobs: BlobsDep,
 ) -> schemas.FineTuneJob:
     """Validates the files (processed, yours), the model (on this server) and every knob, then
     queues the job. A 4xx names the parameter at fault, and nothing is queued."""
@@ -69,26 +60,25 @@ def create_fine_tune(
     return presenters.job_object(job)
 
 
-@router.get("/fine-tunes", response_model=schemas.ListResponse[schemas.FineTuneJob], summary="List your jobs")
+@router.get("/fine-tunes", response_model=ListResponse[schemas.FineTuneJob], summary="List your jobs")
 def list_fine_tunes(
+    *,
     limit: int = Query(20, ge=1, le=1000, description="Jobs per page."),
     after: str | None = Query(None, description="Cursor: the last job id of the previous page."),
     status: schemas.JobStatus | None = Query(None, description="Only jobs in this state."),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
-) -> schemas.ListResponse[schemas.FineTuneJob]:
+    caller: CallerDep,
+    session: SessionDep,
+) -> ListResponse[schemas.FineTuneJob]:
     page = job_service.list_jobs(session, caller.owner_id, limit=limit, after=after, status=status)
-    data = [presenters.job_object(row) for row in page.data]
-    return schemas.ListResponse[schemas.FineTuneJob](
-        data=data, has_more=page.has_more, first_id=data[0].id if data else None, last_id=page.last_id
-    )
+    return list_response([presenters.job_object(row) for row in page.data], has_more=page.has_more)
 
 
 @router.get("/fine-tunes/{job_id}", response_model=schemas.FineTuneJob, summary="Retrieve a job")
 def retrieve_fine_tune(
+    *,
     job_id: str = Path(description="ftjob-… id"),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
+    caller: CallerDep,
+    session: SessionDep,
 ) -> schemas.FineTuneJob:
     return presenters.job_object(job_service.get_job(session, caller.owner_id, job_id))
 
@@ -100,9 +90,10 @@ def retrieve_fine_tune(
     summary="Cancel a job",
 )
 def cancel_fine_tune(
+    *,
     job_id: str = Path(description="ftjob-… id"),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
+    caller: CallerDep,
+    session: SessionDep,
 ) -> schemas.FineTuneJob:
     """A queued job is cancelled at once; a running one stops within seconds, keeping its last checkpoint."""
     return presenters.job_object(job_service.cancel_job(session, caller.owner_id, job_id))
@@ -110,36 +101,32 @@ def cancel_fine_tune(
 
 @router.get(
     "/fine-tunes/{job_id}/events",
-    response_model=schemas.ListResponse[schemas.JobEvent],
+    response_model=ListResponse[schemas.JobEvent],
     summary="A job's events",
 )
 def list_fine_tune_events(
+    *,
     job_id: str = Path(description="ftjob-… id"),
     after: str | None = Query(None, description="Only events after this event id (ftevent-N)."),
     limit: int = Query(100, ge=1, le=1000),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
-) -> schemas.ListResponse[schemas.JobEvent]:
+    caller: CallerDep,
+    session: SessionDep,
+) -> ListResponse[schemas.JobEvent]:
     """Oldest first, so a follower passes the last id it has seen as `after`."""
     page = job_service.list_events(session, caller.owner_id, job_id, after=after, limit=limit, order="asc")
-    data = [presenters.event_object(row) for row in page.data]
-    return schemas.ListResponse[schemas.JobEvent](
-        data=data,
-        has_more=page.has_more,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return list_response([presenters.event_object(row) for row in page.data], has_more=page.has_more)
 
 
 @router.get(
     "/fine-tunes/{job_id}/metrics", response_model=schemas.MetricList, summary="A job's per-step metrics"
 )
 def list_fine_tune_metrics(
+    *,
     job_id: str = Path(description="ftjob-… id"),
     after_step: int | None = Query(None, ge=0, description="Only steps after this one."),
     split: Literal["train", "eval"] | None = Query(None, description="Only training or only eval points."),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
+    caller: CallerDep,
+    session: SessionDep,
 ) -> schemas.MetricList:
     rows = job_service.list_metrics(session, caller.owner_id, job_id, after_step=after_step, split=split)
     return schemas.MetricList(data=rows)
@@ -147,19 +134,17 @@ def list_fine_tune_metrics(
 
 @router.get(
     "/fine-tunes/{job_id}/checkpoints",
-    response_model=schemas.ListResponse[schemas.Checkpoint],
+    response_model=ListResponse[schemas.Checkpoint],
     summary="A job's checkpoints",
 )
 def list_fine_tune_checkpoints(
+    *,
     job_id: str = Path(description="ftjob-… id"),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
-) -> schemas.ListResponse[schemas.Checkpoint]:
+    caller: CallerDep,
+    session: SessionDep,
+) -> ListResponse[schemas.Checkpoint]:
     rows = job_service.list_checkpoints(session, caller.owner_id, job_id, order="asc")
-    data = [presenters.checkpoint_object(row) for row in rows]
-    return schemas.ListResponse[schemas.Checkpoint](
-        data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
-    )
+    return list_response([presenters.checkpoint_object(row) for row in rows])
 
 
 @router.get(
@@ -173,6 +158,7 @@ def list_fine_tune_checkpoints(
     summary="Download the adapter, merged model or a checkpoint (tar, HTTP Range)",
 )
 def download_fine_tune(
+    *,
     job_id: str = Path(description="ftjob-… id"),
     artifact: Literal["adapter", "model", "merged", "checkpoint"] = Query(
         "adapter",
@@ -180,10 +166,10 @@ def download_fine_tune(
         "or checkpoint (with step).",
     ),
     step: int | None = Query(None, ge=0, description="With artifact=checkpoint: the checkpoint's step."),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
-    settings: Settings = Depends(get_settings),
-    blobs: BlobStore = Depends(get_blobs),
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    blobs: BlobsDep,
 ) -> FileResponse:
     """A tar whose members are the artifact's files (`adapter_config.json`, ...), built once and cached;
     `Range: bytes=N-` resumes an interrupted download."""

@@ -13,12 +13,12 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.responses import StreamingResponse
 
-from preftune.api.deps import get_owner, get_settings
+from preftune.api.deps import CallerDep, SettingsDep
 from preftune.config import Settings
 from preftune.errors import PreftuneError
 from preftune.inference import openai_types as oai
@@ -27,7 +27,6 @@ from preftune.inference.local import EngineConfig, LocalEngine
 from preftune.inference.prompts import normalize_messages
 from preftune.inference.types import Completion, Finished, TextDelta
 from preftune.service import models as model_service
-from preftune.service.keys import Caller
 from preftune.service.serving import InferenceService, target_of
 from preftune.store.models import Deployment
 
@@ -62,12 +61,16 @@ def get_inference(request: Request) -> InferenceService:
 
 
 # -- chat completions -----------------------------------------------------------------------
+InferenceDep = Annotated[InferenceService, Depends(get_inference)]
+
+
 @router.post("/chat/completions", summary="Chat with a base or fine-tuned model (OpenAI format)")
 async def chat_completions(
+    *,
     body: oai.ChatCompletionRequest,
     request: Request,
-    caller: Caller = Depends(get_owner),
-    inference: InferenceService = Depends(get_inference),
+    caller: CallerDep,
+    inference: InferenceDep,
 ) -> Any:
     """Answers in OpenAI's `chat.completion` format, or as server-sent `chat.completion.chunk`
     events ending with `data: [DONE]` when `stream` is true. A model that is not loaded is loaded
@@ -214,9 +217,10 @@ def _adapters(inference: InferenceService, target: Any) -> set[Any]:
 
 @router.get("/models", summary="List base models and your fine-tuned models")
 async def list_models_route(
-    caller: Caller = Depends(get_owner),
-    inference: InferenceService = Depends(get_inference),
-    settings: Settings = Depends(get_settings),
+    *,
+    caller: CallerDep,
+    inference: InferenceDep,
+    settings: SettingsDep,
 ) -> dict[str, Any]:
     data = await asyncio.to_thread(_models, inference, settings, caller.owner_id)
     return {"object": "list", "data": [m.model_dump() for m in data]}
@@ -224,10 +228,11 @@ async def list_models_route(
 
 @router.get("/models/{model:path}", summary="Retrieve a model")
 async def retrieve_model(
+    *,
     model: str = Path(description="A base model name or one of your ft:… models"),
-    caller: Caller = Depends(get_owner),
-    inference: InferenceService = Depends(get_inference),
-    settings: Settings = Depends(get_settings),
+    caller: CallerDep,
+    inference: InferenceDep,
+    settings: SettingsDep,
 ) -> dict[str, Any]:
     data = await asyncio.to_thread(_models, inference, settings, caller.owner_id)
     for entry in data:
@@ -262,9 +267,10 @@ def _deployment(
 
 @router.post("/deployments", response_model=oai.DeploymentObject, summary="Keep a model loaded for chat")
 async def create_deployment(
+    *,
     body: oai.DeploymentCreate,
-    caller: Caller = Depends(get_owner),
-    inference: InferenceService = Depends(get_inference),
+    caller: CallerDep,
+    inference: InferenceDep,
 ) -> oai.DeploymentObject:
     """Starts loading the model in the background (`status: loading`, then `ready` or `failed`)."""
     record = await inference.create_deployment(caller.owner_id, body.model, body.min_replicas)
@@ -272,9 +278,7 @@ async def create_deployment(
 
 
 @router.get("/deployments", summary="List your deployments")
-async def list_deployments(
-    caller: Caller = Depends(get_owner), inference: InferenceService = Depends(get_inference)
-) -> dict[str, Any]:
+async def list_deployments(*, caller: CallerDep, inference: InferenceDep) -> dict[str, Any]:
     records = await asyncio.to_thread(inference.list_deployments, caller.owner_id)
     return {"object": "list", "data": [_deployment(r, inference).model_dump() for r in records]}
 
@@ -283,9 +287,10 @@ async def list_deployments(
     "/deployments/{deployment_id}", response_model=oai.DeploymentObject, summary="Retrieve a deployment"
 )
 async def get_deployment(
+    *,
     deployment_id: str = Path(description="deploy-… id"),
-    caller: Caller = Depends(get_owner),
-    inference: InferenceService = Depends(get_inference),
+    caller: CallerDep,
+    inference: InferenceDep,
 ) -> oai.DeploymentObject:
     record = await asyncio.to_thread(inference.get_deployment, caller.owner_id, deployment_id)
     return _deployment(record, inference)
@@ -295,9 +300,10 @@ async def get_deployment(
     "/deployments/{deployment_id}", response_model=oai.DeploymentObject, summary="Delete a deployment"
 )
 async def delete_deployment(
+    *,
     deployment_id: str = Path(description="deploy-… id"),
-    caller: Caller = Depends(get_owner),
-    inference: InferenceService = Depends(get_inference),
+    caller: CallerDep,
+    inference: InferenceDep,
 ) -> oai.DeploymentObject:
     """Releases the model: it stays loaded while busy or while another deployment holds it."""
     record = await inference.delete_deployment(caller.owner_id, deployment_id)

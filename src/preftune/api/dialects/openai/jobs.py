@@ -1,35 +1,33 @@
 """`/v1/fine_tuning/jobs*`: the OpenAI-compatible job routes, for the official `openai` client.
 
 Same jobs as `/v1/fine-tunes`, shown in OpenAI's shapes and states. Creation maps
-`method.<type>.hyperparameters` onto `TrainingSpec` (see `preftune.api.openai_schemas`) and
+`method.<type>.hyperparameters` onto `TrainingSpec` (see `api.dialects.openai.schemas`) and
 is idempotent under the client's retries, which carry no idempotency key but mark themselves
-with `x-stainless-retry-count` (see `preftune.service.jobs.find_retried_job`). A first attempt
-always creates, so two deliberate identical jobs are still possible.
+with `x-stainless-retry-count` (`api.dialects.retries`, as for Together's and Fireworks' clients).
+A first attempt always creates, so two deliberate identical jobs are still possible.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Header, Path, Query
+from fastapi import APIRouter, Path, Query
 from sqlalchemy.orm import Session
 
-from preftune.api import presenters
-from preftune.api.deps import get_blobs, get_db, get_owner, get_settings
-from preftune.api.openai_schemas import OpenAICheckpoint, OpenAIFineTuningJob, OpenAIJobCreate, OpenAIJobEvent
-from preftune.api.schemas import ListResponse
-from preftune.config import Settings
-from preftune.errors import NotFoundError
+from preftune.api.deps import BlobsDep, CallerDep, IdempotencyKey, SessionDep, SettingsDep
+from preftune.api.dialects.openai import presenters
+from preftune.api.dialects.openai.schemas import (
+    OpenAICheckpoint,
+    OpenAIFineTuningJob,
+    OpenAIJobCreate,
+    OpenAIJobEvent,
+)
+from preftune.api.dialects.retries import RetryCount, create_job_once
+from preftune.api.pagination import ListResponse, every_page, list_response, page_after
 from preftune.service import jobs as job_service
-from preftune.service.keys import Caller
-from preftune.store.blobs import BlobStore
 
 router = APIRouter(tags=["openai-compatible"])
 
 # Events and metric points are read in pages of this size to merge them.
 _READ_PAGE = 1000
-
-
-def _retry_count(header: str | None) -> int:
-    return int(header) if header and header.isdigit() else 0
 
 
 @router.post(
@@ -39,36 +37,26 @@ def _retry_count(header: str | None) -> int:
     summary="Create a job (OpenAI shape)",
 )
 def create_job(
+    *,
     body: OpenAIJobCreate,
-    idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=255),
-    stainless_retry: str | None = Header(None, alias="x-stainless-retry-count", include_in_schema=False),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
-    settings: Settings = Depends(get_settings),
-    blobs: BlobStore = Depends(get_blobs),
+    idempotency_key: IdempotencyKey = None,
+    retry: RetryCount,
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    blobs: BlobsDep,
 ) -> OpenAIFineTuningJob:
     """`method.dpo.hyperparameters` takes beta, n_epochs, batch_size, learning_rate_multiplier and any
     preftune knob (rpo_alpha, simpo_gamma, lora_r, ...); `method.type: supervised` trains SFT."""
-    params = body.spec_params()
-    if idempotency_key is None and _retry_count(stainless_retry) > 0:
-        previous = job_service.find_retried_job(
-            session,
-            caller.owner_id,
-            model=body.model,
-            training_file=body.training_file,
-            validation_file=body.validation_file,
-            params=params,
-        )
-        if previous is not None:
-            return presenters.openai_job(previous)
-    job = job_service.create_job(
+    job = create_job_once(
         session,
-        caller.owner_id,
+        caller,
         settings=settings,
+        retry=retry,
         model=body.model,
         training_file=body.training_file,
         validation_file=body.validation_file,
-        params=params,
+        params=body.spec_params(),
         idempotency_key=idempotency_key,
         blobs=blobs,
     )
@@ -79,24 +67,24 @@ def create_job(
     "/fine_tuning/jobs", response_model=ListResponse[OpenAIFineTuningJob], summary="List jobs (OpenAI)"
 )
 def list_jobs(
+    *,
     after: str | None = Query(None, description="The last job id of the previous page."),
     limit: int = Query(20, ge=1, le=1000),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
+    caller: CallerDep,
+    session: SessionDep,
 ) -> ListResponse[OpenAIFineTuningJob]:
     page = job_service.list_jobs(session, caller.owner_id, limit=limit, after=after)
-    return ListResponse[OpenAIFineTuningJob](
-        data=[presenters.openai_job(row) for row in page.data], has_more=page.has_more
-    )
+    return list_response([presenters.openai_job(row) for row in page.data], has_more=page.has_more)
 
 
 @router.get(
     "/fine_tuning/jobs/{job_id}", response_model=OpenAIFineTuningJob, summary="Retrieve a job (OpenAI)"
 )
 def retrieve_job(
+    *,
     job_id: str = Path(description="ftjob-… id"),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
+    caller: CallerDep,
+    session: SessionDep,
 ) -> OpenAIFineTuningJob:
     return presenters.openai_job(job_service.get_job(session, caller.owner_id, job_id))
 
@@ -105,9 +93,10 @@ def retrieve_job(
     "/fine_tuning/jobs/{job_id}/cancel", response_model=OpenAIFineTuningJob, summary="Cancel (OpenAI)"
 )
 def cancel_job(
+    *,
     job_id: str = Path(description="ftjob-… id"),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
+    caller: CallerDep,
+    session: SessionDep,
 ) -> OpenAIFineTuningJob:
     return presenters.openai_job(job_service.cancel_job(session, caller.owner_id, job_id))
 
@@ -118,38 +107,25 @@ def cancel_job(
     summary="Job events (OpenAI)",
 )
 def list_events(
+    *,
     job_id: str = Path(description="ftjob-… id"),
     after: str | None = Query(None, description="The last event id of the previous page."),
     limit: int = Query(20, ge=1, le=1000),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
+    caller: CallerDep,
+    session: SessionDep,
 ) -> ListResponse[OpenAIJobEvent]:
     """Newest first: `message` events (job milestones) and `metrics` events (one per training step)."""
     merged = _merged_events(session, caller.owner_id, job_id)
-    start = 0
-    if after is not None:
-        ids = [event.id for event in merged]
-        if after not in ids:
-            raise NotFoundError(f"after: event {after!r} not found in job {job_id}", param="after")
-        start = ids.index(after) + 1
-    page = merged[start : start + limit]
-    return ListResponse[OpenAIJobEvent](
-        data=page,
-        has_more=start + limit < len(merged),
-        first_id=page[0].id if page else None,
-        last_id=page[-1].id if page else None,
-    )
+    return page_after(merged, after, limit, what="event", where=f" in job {job_id}")
 
 
 def _merged_events(session: Session, owner_id: str, job_id: str) -> list[OpenAIJobEvent]:
-    events: list[OpenAIJobEvent] = []
-    after: str | None = None
-    while True:
-        page = job_service.list_events(session, owner_id, job_id, after=after, limit=_READ_PAGE, order="asc")
-        events.extend(presenters.openai_event(row) for row in page.data)
-        if not page.has_more or not page.data:
-            break
-        after = page.data[-1].id
+    rows = every_page(
+        lambda after: job_service.list_events(
+            session, owner_id, job_id, after=after, limit=_READ_PAGE, order="asc"
+        )
+    )
+    events: list[OpenAIJobEvent] = [presenters.openai_event(row) for row in rows]
     metric_rows = job_service.list_metric_rows(session, owner_id, job_id, split="train")
     events.extend(presenters.openai_metric_event(row) for row in metric_rows)
     # Newest first; at equal seconds a milestone sorts after the step that caused it.
@@ -163,26 +139,15 @@ def _merged_events(session: Session, owner_id: str, job_id: str) -> list[OpenAIJ
     summary="Job checkpoints (OpenAI)",
 )
 def list_checkpoints(
+    *,
     job_id: str = Path(description="ftjob-… id"),
     after: str | None = Query(None, description="The last checkpoint id of the previous page."),
     limit: int = Query(10, ge=1, le=1000),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
+    caller: CallerDep,
+    session: SessionDep,
 ) -> ListResponse[OpenAICheckpoint]:
     """Newest first."""
     job = job_service.get_job(session, caller.owner_id, job_id)
     rows = job_service.list_checkpoints(session, caller.owner_id, job_id, order="desc")
     items = [presenters.openai_checkpoint(row, job) for row in rows]
-    start = 0
-    if after is not None:
-        ids = [c.id for c in items]
-        if after not in ids:
-            raise NotFoundError(f"after: checkpoint {after!r} not found in job {job_id}", param="after")
-        start = ids.index(after) + 1
-    page = items[start : start + limit]
-    return ListResponse[OpenAICheckpoint](
-        data=page,
-        has_more=start + limit < len(items),
-        first_id=page[0].id if page else None,
-        last_id=page[-1].id if page else None,
-    )
+    return page_after(items, after, limit, what="checkpoint", where=f" in job {job_id}")
