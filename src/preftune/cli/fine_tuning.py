@@ -285,8 +285,11 @@ def list_checkpoints(
         return
     print_table(
         None,
-        ["id", "step", "created", "metrics"],
-        [[c.id, c.step, fmt_time(c.created_at), _metric_summary(c.metrics)] for c in checkpoints],
+        ["id", "step", "best", "created", "metrics"],
+        [
+            [c.id, c.step, "best" if c.best else "", fmt_time(c.created_at), _metric_summary(c.metrics)]
+            for c in checkpoints
+        ],
     )
 
 
@@ -298,7 +301,8 @@ def download(
     artifact: str = typer.Option(
         "adapter",
         "--artifact",
-        help="adapter, model (full fine-tuning), merged, or checkpoint (with --step).",
+        help="adapter, model (full fine-tuning), merged, checkpoint (with --step), or best (the checkpoint "
+        "with the lowest validation loss).",
     ),
     step: int | None = typer.Option(
         None, "--step", help="With --artifact checkpoint: which step (see list-checkpoints)."

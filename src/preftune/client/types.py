@@ -77,6 +77,8 @@ class FineTuneJob(_Object):
     hyperparameters: dict[str, Any]
     progress: JobProgress
     latest_metrics: dict[str, Any] | None = None
+    eval_metrics: dict[str, Any] | None = None
+    best_checkpoint_step: int | None = None
     output_name: str | None = None
     error: JobError | None = None
     attempts: int = 0
@@ -111,6 +113,7 @@ class Checkpoint(_Object):
     step: int
     created_at: int
     metrics: dict[str, Any] | None = None
+    best: bool = False
 
 
 class APIKey(_Object):

@@ -255,7 +255,13 @@ class Runner:
         with self.db.session() as session:
             if event_type == EventType.CHECKPOINT_SAVE and "step" in data and data.get("path"):
                 runs.record_checkpoint(
-                    session, job_id, token, int(data["step"]), Path(str(data["path"])), latest_metrics
+                    session,
+                    job_id,
+                    token,
+                    int(data["step"]),
+                    Path(str(data["path"])),
+                    latest_metrics,
+                    best=bool(data.get("best")),
                 )
             runs.record_event(session, job_id, token, event_type, str(body.get("message", "")), data)
         if event_type == EventType.CHECKPOINT_SAVE and "step" in data:

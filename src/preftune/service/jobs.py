@@ -34,7 +34,7 @@ JOB_ID_PREFIX = "ftjob"
 CHECKPOINT_REF_RE = re.compile(r"^(ftjob-[A-Za-z0-9]+)(?::([0-9]+))?$")
 PREFERENCE_FORMATS = frozenset({"preference"})
 SFT_FORMATS = frozenset({"sft_messages", "sft_prompt_completion", "sft_text"})
-Artifact = Literal["adapter", "model", "merged", "checkpoint"]
+Artifact = Literal["adapter", "model", "merged", "checkpoint", "best"]
 # The `openai` client retries within its backoff plus its timeout (10 minutes by default).
 RETRY_WINDOW_SECONDS = 15 * 60
 
@@ -429,9 +429,17 @@ def artifact_path(
     step: int | None = None,
 ) -> Path:
     """The directory to download: `adapter` (the LoRA adapter, or the full model for full fine-tuning),
-    `model`, `merged` (needs `merge=true`) or `checkpoint` (`step` required)."""
+    `model`, `merged` (needs `merge=true`), `checkpoint` (`step` required) or `best` (the checkpoint
+    with the lowest validation loss; needs validation data and n_evals >= 2)."""
     job = get_job(session, owner_id, job_id)
     out = job_dir(settings, job.id)
+    if artifact == "best":
+        if job.best_step is None:
+            raise NotFoundError(
+                f"job {job.id} has no best checkpoint (it needs validation data and n_evals >= 2)",
+                param="artifact",
+            )
+        artifact, step = "checkpoint", job.best_step
     if artifact == "checkpoint":
         if step is None:
             raise InvalidRequestError("step is required to download a checkpoint", param="step")
@@ -444,7 +452,8 @@ def artifact_path(
         return Path(ckpt.path)
     if artifact not in ("adapter", "model", "merged"):
         raise InvalidRequestError(
-            f"artifact must be adapter, model, merged or checkpoint (got {artifact!r})", param="artifact"
+            f"artifact must be adapter, model, merged, checkpoint or best (got {artifact!r})",
+            param="artifact",
         )
     if job.status != JobStatus.COMPLETED:
         raise ConflictError(

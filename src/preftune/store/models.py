@@ -120,6 +120,9 @@ class Job(Base):
     epoch: Mapped[float | None] = mapped_column(Float, nullable=True)
     eta_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     latest_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The latest evaluation on the validation data, and the step of the best checkpoint (lowest loss).
+    latest_eval_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    best_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     output_name: Mapped[str | None] = mapped_column(String(1000), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
