@@ -4,6 +4,7 @@ early stopping, on the tiny model."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,13 @@ def test_validation_split_holds_out_the_same_examples_and_evaluates_at_the_end(
         assert [e["step"] for e in evals] == [2]
         assert 0.0 <= evals[0]["preference_accuracy"] <= 1.0
         assert 0.0 <= evals[0]["preference_accuracy_normalized"] <= 1.0
+        # ...and writes eval.json: the final weights beside the base model, on the held-out pairs.
+        held_out = json.loads((out / "eval.json").read_text())
+        assert held_out["n_pairs"] == 4
+        assert held_out["base"]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+        assert held_out["base"]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+        assert held_out["model"]["loss"] == pytest.approx(evals[0]["loss"], abs=1e-4)
+        assert held_out["model"]["preference_accuracy"] == pytest.approx(evals[0]["preference_accuracy"])
     first, second = reports
     assert first["n_examples"] == 12 and first["validation"]["n_examples"] == 4
     assert first["validation"]["source"] == "validation_split"

@@ -34,6 +34,7 @@ CORE_ROUTERS = [
     ("preftune.api.routes.fine_tunes", "/v1"),
     ("preftune.api.routes.openai_jobs", "/v1"),
     ("preftune.api.routes.keys", "/v1"),
+    ("preftune.api.routes.evaluations", "/v1"),
 ]
 OPTIONAL_ROUTERS = [
     ("preftune.api.routes.inference", "/v1"),

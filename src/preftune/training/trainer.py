@@ -35,6 +35,7 @@ from preftune.training.checkpoint import (
     set_rng_state,
 )
 from preftune.training.dataset import TokenizedData, check_file, tokenize_file
+from preftune.training.evaluation import EVAL_FILE, clean, evaluate_examples
 from preftune.training.logps import sequence_logps
 from preftune.training.losses import ExampleLogps, LossTerms, SequenceLogps, loss_for, step_normalisers
 from preftune.training.memory import MemoryPlan, plan_memory, split_by_tokens
@@ -627,6 +628,9 @@ class _Run:
         self.totals["wall_time_s"] = self.wall_before + time.perf_counter() - self.started
         result.report = self._report(result, self.totals, self.last_eval, resumed_from, self.precision)
         write_report(self.output_dir, result.report)
+        if not stopped and self.eval_data is not None and self.is_dpo:
+            result.report["evaluation"] = self._final_evaluation()
+            write_report(self.output_dir, result.report)
         if not stopped:
             self._emit(
                 events.TRAINING_COMPLETE,
@@ -634,6 +638,52 @@ class _Run:
                 {"step": step, "final_metrics": self.last_line},
             )
         return result
+
+    def _final_evaluation(self) -> dict[str, Any]:
+        """`eval.json`: the final weights on the validation pairs beside the reference (`preftune eval`'s
+        figures), so every job with validation data ends with the numbers users compare."""
+        examples: list[Any] = self.eval_data.examples if self.eval_data else []
+        data = self.eval_data
+        assert data is not None
+
+        def policy(batch: PackedBatch, _ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            with self._autocast():
+                return sequence_logps(self.policy.model, batch)
+
+        def reference(batch: PackedBatch, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            if self.spec.needs_reference:
+                sums = self._reference_logps(batch, "eval", ids)
+                assert sums is not None
+                return sums, sums
+            with reference_mode(self.policy), self._autocast():
+                return sequence_logps(self.policy.model, batch)
+
+        has_reference = self.policy.lora or self.spec.needs_reference
+        self.policy.model.eval()
+        try:
+            figures = evaluate_examples(
+                examples,
+                policy,
+                reference if has_reference else None,
+                beta=self.spec.dpo_beta,
+                batch_size=self.spec.batch_size,
+                device=self.policy.device,
+            )
+        finally:
+            self.policy.model.train()
+        if not has_reference:
+            figures["base"] = None  # full fine-tuning without reference log-probs: no base figures
+        figures = clean({"object": "evaluation.result", "model_name": self.model_name, **figures})
+        write_text_atomic(self.output_dir / EVAL_FILE, json.dumps(figures, indent=2) + "\n")
+        base = figures.get("base") or {}
+        self._emit(
+            events.EVAL,
+            f"held-out evaluation of the final weights on {figures['n_pairs']} pairs: preference accuracy "
+            f"{base.get('preference_accuracy', float('nan')):.3f} (base) -> "
+            f"{figures['model']['preference_accuracy']:.3f}, DPO loss {figures['model']['loss']:.4f}",
+            {**figures, "final": True},
+        )
+        return figures
 
     def _report(
         self,
