@@ -69,6 +69,7 @@ def test_validation_split_holds_out_the_same_examples_and_evaluates_at_the_end(
         assert held_out["base"]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
         assert held_out["model"]["loss"] == pytest.approx(evals[0]["loss"], abs=1e-4)
         assert held_out["model"]["preference_accuracy"] == pytest.approx(evals[0]["preference_accuracy"])
+        assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     first, second = reports
     assert first["n_examples"] == 12 and first["validation"]["n_examples"] == 4
     assert first["validation"]["source"] == "validation_split"

@@ -35,6 +35,7 @@ CORE_ROUTERS = [
     ("preftune.api.routes.openai_jobs", "/v1"),
     ("preftune.api.routes.keys", "/v1"),
     ("preftune.api.routes.evaluations", "/v1"),
+    ("preftune.api.routes.curves", "/v1"),
 ]
 OPTIONAL_ROUTERS = [
     ("preftune.api.routes.inference", "/v1"),

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from preftune.contracts.base_models import resolve_model
+from preftune.contracts.curves import CURVES_FILE, write_curves
 from preftune.contracts.spec import TrainingSpec
 from preftune.errors import InvalidRequestError, PreftuneError, TrainingError
 from preftune.kernels.allocator import keep_freed_memory
@@ -631,6 +632,7 @@ class _Run:
         if not stopped and self.eval_data is not None and self.is_dpo:
             result.report["evaluation"] = self._final_evaluation()
             write_report(self.output_dir, result.report)
+        self._write_curves()
         if not stopped:
             self._emit(
                 events.TRAINING_COMPLETE,
@@ -638,6 +640,17 @@ class _Run:
                 {"step": step, "final_metrics": self.last_line},
             )
         return result
+
+    def _write_curves(self) -> None:
+        """`curves.png` next to metrics.jsonl; a picture that cannot be drawn never fails the run."""
+        try:
+            write_curves(
+                self.metrics.read(),
+                self.output_dir / CURVES_FILE,
+                title=f"{self.model_name}, {self.spec.loss_name}" + (" + rpo" if self.spec.uses_rpo else ""),
+            )
+        except Exception as exc:
+            print(f"warning: curves.png not written: {type(exc).__name__}: {exc}", flush=True)
 
     def _final_evaluation(self) -> dict[str, Any]:
         """`eval.json`: the final weights on the validation pairs beside the reference (`preftune eval`'s
