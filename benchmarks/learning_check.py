@@ -76,6 +76,7 @@ FIGURES = [
     "preference_accuracy",
     "preference_accuracy_normalized",
 ]
+LABELS = ["loss", "reward acc", "margin", "pref acc", "pref acc/tok"]
 
 
 def prepare(name: str, train: int, held_out: int, directory: Path) -> tuple[Path, Path]:
@@ -254,10 +255,7 @@ def main() -> None:
             f"load average {os.getloadavg()[0]:.1f}",
             flush=True,
         )
-        print(
-            f"  {'':<22}"
-            + "".join(f"{k.replace('preference_accuracy', 'pref_acc'):>12}"[-12:] for k in FIGURES)
-        )
+        print(f"  {'':<22}" + "".join(f"{label:>12}" for label in LABELS))
         for method in args.methods.split(","):
             by_arm: dict[str, dict[str, Any]] = {}
             for arm in args.arms.split(","):
