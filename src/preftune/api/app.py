@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from preftune import __version__
-from preftune.api.errors import install_error_handlers
+from preftune.api.errors import document_storage, install_error_handlers
 from preftune.api.limits import document_limits, install_limits
 from preftune.api.schemas import ErrorResponse
 from preftune.config import Settings
@@ -127,5 +127,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                 if code[0] in "45" and "content" not in response:
                     response.update(error_ref)
     document_limits(schema, error_ref)
+    document_storage(schema, error_ref)
     app.openapi_schema = schema
     return schema

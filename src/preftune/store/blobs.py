@@ -5,6 +5,8 @@ crash never leaves half a file under a real name, and memory stays flat whatever
 
 An upload is *staged* first (written and hashed under `tmp/`, invisible under its sha256 name)
 and *placed* only once the upload is accepted, so a rejected upload has nothing to take back.
+A full disk while staging (ENOSPC, EDQUOT) removes the staged part and raises
+`InsufficientStorageError` (the API's 507 `insufficient_storage`).
 A process killed mid-upload leaves its staged file behind; `sweep_staged` (run when the API
 starts) removes those once they are older than any upload in flight could be.
 Blobs are shared by every file with the same bytes, so placing a blob and recording a reference
@@ -14,6 +16,7 @@ delete can never slip between an upload placing its bytes and recording that it 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from preftune.errors import NotFoundError, PayloadTooLargeError
+from preftune.errors import InsufficientStorageError, NotFoundError, PayloadTooLargeError, is_disk_full
 
 CHUNK = 1024 * 1024
 # A staged file untouched this long belongs to no upload in flight: uploads write it continuously
@@ -90,9 +93,20 @@ class _Writer:
         return StagedBlob(sha256=self.hasher.hexdigest(), size=self.size, path=self.tmp_path)
 
     def abort(self) -> None:
-        if not self.file.closed:
-            self.file.close()
+        # Closing flushes what is buffered, which fails again on a full disk: the file goes regardless.
+        with contextlib.suppress(OSError):
+            if not self.file.closed:
+                self.file.close()
         self.tmp_path.unlink(missing_ok=True)
+
+
+def _storage_error(exc: BaseException, size: int) -> InsufficientStorageError:
+    return InsufficientStorageError(
+        f"the server's disk is full: the upload could not be stored ({size} bytes received; {exc}). "
+        "Nothing was kept; retry once space is freed on the server",
+        param="file",
+        code="insufficient_storage",
+    )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -148,26 +162,38 @@ class BlobStore:
 
     def stage_chunks(self, chunks: Iterable[bytes], *, max_bytes: int | None = None) -> StagedBlob:
         """Write an iterable of byte chunks under a temporary name; raises `PayloadTooLargeError` past `max_bytes`."""
-        writer = _Writer(self.root, max_bytes)
+        writer = self._writer(max_bytes)
         try:
             for chunk in chunks:
                 writer.write(chunk)
             return writer.finish()
-        except BaseException:
+        except BaseException as exc:
             writer.abort()
+            if is_disk_full(exc):
+                raise _storage_error(exc, writer.size) from exc
             raise
 
     async def stage_async_chunks(
         self, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None
     ) -> StagedBlob:
         """Like `stage_chunks` for an async stream (an HTTP request body)."""
-        writer = _Writer(self.root, max_bytes)
+        writer = self._writer(max_bytes)
         try:
             async for chunk in chunks:
                 writer.write(chunk)
             return writer.finish()
-        except BaseException:
+        except BaseException as exc:
             writer.abort()
+            if is_disk_full(exc):
+                raise _storage_error(exc, writer.size) from exc
+            raise
+
+    def _writer(self, max_bytes: int | None) -> _Writer:
+        try:
+            return _Writer(self.root, max_bytes)
+        except OSError as exc:  # no room even for the temporary file's directory entry
+            if is_disk_full(exc):
+                raise _storage_error(exc, 0) from exc
             raise
 
     def stage_file(self, source: BinaryIO, *, max_bytes: int | None = None) -> StagedBlob:
