@@ -1,23 +1,28 @@
-"""Does each preference method learn? Held-out reward accuracy and margin before and after training.
+"""Does each preference method learn, and as well as TRL? preftune and TRL trained on the same split with
+the same knobs, both judged on held-out pairs by the same `preftune eval` (training.evaluation.evaluate).
 
-    .venv/bin/python benchmarks/learning_check.py                       # 200 train / the other 84 pairs
-    .venv/bin/python benchmarks/learning_check.py --train 64 --eval 48  # shorter
+    .venv/bin/python benchmarks/learning_check.py                             # orca, DPO/SimPO/RPO, both arms
+    .venv/bin/python benchmarks/learning_check.py --data hh --methods dpo     # HH-RLHF harmless, 400 / 200
+    .venv/bin/python benchmarks/learning_check.py --arms preftune --train 64 --eval 48   # shorter
 
-Trains smollm2-135m-instruct with LoRA on the first `--train` orca pairs and evaluates on the last
-`--eval` pairs (never trained on), for DPO, SimPO and RPO, each in its own subprocess. The evaluation is
-independent of the trainer's own: the saved adapter is loaded with PEFT onto the base model, the reference
-is the base model (adapter disabled), and the log-probs go through preftune's tokenisation, packing and
-losses. Reported per method, before and after:
-- `rewards/accuracies` and `rewards/margins` on the held-out pairs, as the method defines its reward
-  (DPO and RPO: beta * log-ratio to the reference, 0 for every pair before training by construction;
-  SimPO: beta * per-token average log-prob);
-- `pref_acc`: the fraction of held-out pairs where the chosen answer has the higher per-token average
-  log-prob, the same yardstick for every method, meaningful before training too.
+Splits (shuffled with `random.Random(0)`, the first `--train` pairs trained on, the next `--eval` held out):
+- `orca`: shared orca_dpo_pairs (284 pairs): 200 train / 84 held out, the anchor users know;
+- `hh`: shared HH-RLHF harmless-base test split converted with `preftune data convert --from hh-rlhf`:
+  400 train / 200 held out, the hard case (the two answers are often close).
 
-Knobs (CPU-sized; documented because they differ from the API defaults): max_length 320, batch 8, one epoch,
-LoRA r=16 alpha=32 on all linear layers, lr 5e-4 (LoRA needs a larger rate than full fine-tuning; 5e-5 barely
-moves an adapter in 25 steps), linear decay with 10% warmup. DPO beta 0.1; SimPO beta 2.0, gamma 1.0
-(gamma/beta = 0.5, the paper's range); RPO beta 0.1, alpha 1.0.
+Knobs, the same for both arms (TRL's `DPOTrainer`, its `CPOTrainer` for SimPO): smollm2-135m-instruct, LoRA
+r 16 alpha 32 on all linear layers, lr 1e-4 (linear decay, no warmup), batch 8, max length 384, 1 epoch,
+seed 42, float32 (`--precision`). DPO: beta 0.1. RPO: beta 0.1, alpha 1.0 (TRL 1.x: `loss_type=["sigmoid",
+"sft"]`, `loss_weights=[1, alpha]`). SimPO: beta 2.0, gamma 1.0 (TRL: `loss_type="simpo"`, `cpo_alpha=0`,
+`simpo_gamma=1.0`; the same loss, -log sigma(beta * (avg log p_c - avg log p_r) - gamma)); SimPO at beta 0.1
+barely moves in one epoch, and the paper's range is 2.0-2.5.
+
+Judged, for every run, on the held-out pairs (`preftune eval`'s figures, beside the base model's): the
+sigmoid DPO loss at beta 0.1 against the base model (lower is better), reward accuracy and margin, and the
+policy's own preference accuracy (summed and per-token log-probs). The check: preftune's held-out loss no
+worse than TRL's (within `--tolerance`) and its accuracies no lower. The two arms truncate differently at
+max length (preftune drops the prompt's start first, TRL the answers' ends), so their figures can differ a
+little even when both learn the same.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -35,16 +41,26 @@ from typing import Any
 from preftune.contracts.spec import PRECISIONS
 
 ROOT = Path(__file__).resolve().parent.parent
-ORCA = ROOT.parent / "shared" / "data" / "orca_dpo_pairs" / "orca_dpo_pairs.jsonl"
+SHARED = ROOT.parent / "shared" / "data"
+DATASETS: dict[str, dict[str, Any]] = {
+    "orca": {"path": SHARED / "orca_dpo_pairs" / "orca_dpo_pairs.jsonl", "train": 200, "eval": 84},
+    "hh": {
+        "path": SHARED / "hh_rlhf_harmless_base" / "test.jsonl.gz",
+        "train": 400,
+        "eval": 200,
+        "convert": "hh-rlhf",
+    },
+}
 MODEL = "smollm2-135m-instruct"
-COMMON = {
-    "max_length": 320,
+SEED = 0
+COMMON: dict[str, Any] = {
+    "max_length": 384,
     "batch_size": 8,
     "n_epochs": 1,
     "lora_r": 16,
     "lora_alpha": 32,
-    "learning_rate": 5e-4,
-    "warmup_ratio": 0.1,
+    "lora_trainable_modules": "all-linear",
+    "learning_rate": 1e-4,
     "seed": 42,
 }
 METHODS: dict[str, dict[str, Any]] = {
@@ -52,175 +68,217 @@ METHODS: dict[str, dict[str, Any]] = {
     "simpo": {"dpo_beta": 2.0, "simpo_gamma": 1.0},
     "rpo": {"dpo_beta": 0.1, "rpo_alpha": 1.0},
 }
+JUDGE_BETA = 0.1
+FIGURES = [
+    "loss",
+    "rewards/accuracies",
+    "rewards/margins",
+    "preference_accuracy",
+    "preference_accuracy_normalized",
+]
+LABELS = ["loss", "reward acc", "margin", "pref acc", "pref acc/tok"]
 
 
-def evaluate(model_dir: Path, adapter: Path | None, data: Path, params: dict[str, Any]) -> dict[str, float]:
-    """Held-out metrics of base (+ adapter) against the base model as reference."""
-    import torch
-    from transformers import AutoModelForCausalLM
+def prepare(name: str, train: int, held_out: int, directory: Path) -> tuple[Path, Path]:
+    """The seeded split of data set `name` (converted first if it needs it)."""
+    info = DATASETS[name]
+    source = Path(info["path"])
+    if "convert" in info:
+        from preftune.data.convert import convert_file
 
-    from preftune.contracts.spec import TrainingSpec
-    from preftune.training.dataset import tokenize_file
-    from preftune.training.logps import sequence_logps
-    from preftune.training.losses import SequenceLogps, loss_for
-    from preftune.training.packing import pack
+        converted = directory / f"{name}.jsonl"
+        convert_file(source, converted, source=info["convert"])
+        source = converted
+    lines = [line for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if train + held_out > len(lines):
+        raise SystemExit(f"--train + --eval must be at most {len(lines)} for {name}")
+    random.Random(SEED).shuffle(lines)
+    train_file, eval_file = directory / f"{name}-train.jsonl", directory / f"{name}-eval.jsonl"
+    train_file.write_text("\n".join(lines[:train]) + "\n", encoding="utf-8")
+    eval_file.write_text("\n".join(lines[train : train + held_out]) + "\n", encoding="utf-8")
+    return train_file, eval_file
 
-    spec = TrainingSpec.from_params(params)
-    base: Any = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation="sdpa"
+
+def judge(adapter: Path, model_dir: Path, eval_file: Path) -> dict[str, Any]:
+    from preftune.training.evaluation import evaluate
+
+    return evaluate(
+        str(adapter),
+        eval_file,
+        models_dir=model_dir.parent,
+        base=str(model_dir),
+        beta=JUDGE_BETA,
+        max_length=COMMON["max_length"],
+        batch_size=COMMON["batch_size"],
     )
-    model: Any = base
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(base, adapter)
-    model.eval()
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    examples = tokenize_file(data, spec, tokenizer, param="validation_file").examples
-    collected: dict[str, list[torch.Tensor]] = {}
-    with torch.no_grad():
-        for start in range(0, len(examples), 8):
-            batch = pack(examples[start : start + 8])
-            sums, counts = sequence_logps(model, batch)
-            policy = SequenceLogps(sums[0::2], sums[1::2], counts[0::2], counts[1::2])
-            reference = None
-            if spec.needs_reference:
-                if adapter is not None:
-                    with model.disable_adapter():
-                        ref_sums, _ = sequence_logps(model, batch)
-                else:
-                    ref_sums = sums
-                reference = SequenceLogps(ref_sums[0::2], ref_sums[1::2], counts[0::2], counts[1::2])
-            out = loss_for(spec)(policy, reference)  # type: ignore[arg-type]
-            for key in ("rewards/accuracies", "rewards/margins"):
-                collected.setdefault(key, []).append(out.metrics[key])
-            collected.setdefault("pref_acc", []).append(
-                (policy.chosen_mean() > policy.rejected_mean()).float()
-            )
-            collected.setdefault("loss", []).append(out.mean().reshape(1).repeat(len(batch.indices)))
-    return {key: float(torch.cat(values).mean()) for key, values in collected.items()} | {"n": len(examples)}
 
 
-def worker(method: str, model_dir: Path, train_file: Path, eval_file: Path, precision: str) -> dict[str, Any]:
+# --- the two arms (each in its own process) ---------------------------------------------------------
+def train_preftune(method: str, model_dir: Path, train_file: Path, out: Path, precision: str) -> Path:
     from preftune.contracts.spec import TrainingSpec
     from preftune.training.trainer import train
 
     params = {**COMMON, **METHODS[method], "precision": precision}
-    before = evaluate(model_dir, None, eval_file, params)
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=f"learn-{method}-") as out:
-        result = train(
-            TrainingSpec.from_params(params),
-            model=str(model_dir),
-            training_file=train_file,
-            output_dir=Path(out) / "run",
-            models_dir=Path(out) / "models",
+    result = train(
+        TrainingSpec.from_params(params),
+        model=str(model_dir),
+        training_file=train_file,
+        output_dir=out,
+        models_dir=out / "models",
+    )
+    assert result.adapter_path is not None
+    return result.adapter_path
+
+
+def train_trl(method: str, model_dir: Path, train_file: Path, out: Path, precision: str) -> Path:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rows = []
+    for line in train_file.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        rows.append(
+            {
+                "prompt": record["input"]["messages"],
+                "chosen": record["preferred_output"],
+                "rejected": record["non_preferred_output"],
+            }
         )
-        seconds = time.perf_counter() - started
-        assert result.adapter_path is not None
-        after = evaluate(model_dir, result.adapter_path, eval_file, params)
-        final = result.final_metrics
-    return {
-        "method": method,
-        "params": params,
-        "before": before,
-        "after": after,
-        "train_seconds": seconds,
-        "steps": result.steps,
-        "precision": result.report.get("precision"),
-        "final_train_metrics": final,
+    knobs = {**COMMON, **METHODS[method]}
+    torch.manual_seed(knobs["seed"])
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    shared = {
+        "output_dir": str(out / "trl"),
+        "per_device_train_batch_size": knobs["batch_size"],
+        "learning_rate": knobs["learning_rate"],
+        "num_train_epochs": knobs["n_epochs"],
+        "beta": knobs["dpo_beta"],
+        "max_length": knobs["max_length"],
+        "bf16": precision == "bf16",
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": True,
+        "seed": knobs["seed"],
+        "disable_tqdm": True,
     }
+    lora = LoraConfig(
+        r=knobs["lora_r"], lora_alpha=knobs["lora_alpha"], target_modules="all-linear", task_type="CAUSAL_LM"
+    )
+    trainer: Any
+    if method == "simpo":
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        args = CPOConfig(**shared, loss_type="simpo", cpo_alpha=0.0, simpo_gamma=knobs["simpo_gamma"])
+        trainer = CPOTrainer(
+            model=model,
+            args=args,
+            processing_class=tokenizer,
+            train_dataset=Dataset.from_list(rows),
+            peft_config=lora,
+        )
+    else:
+        from trl import DPOConfig, DPOTrainer
+
+        extra: dict[str, Any] = {}
+        if method == "rpo":
+            extra = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, knobs["rpo_alpha"]]}
+        args = DPOConfig(**shared, **extra)
+        trainer = DPOTrainer(
+            model=model,
+            args=args,
+            processing_class=tokenizer,
+            train_dataset=Dataset.from_list(rows),
+            peft_config=lora,
+        )
+    trainer.train()
+    adapter = out / "adapter"
+    trainer.model.save_pretrained(adapter)
+    tokenizer.save_pretrained(adapter)
+    return adapter
+
+
+def worker(
+    arm: str, method: str, model_dir: Path, train_file: Path, eval_file: Path, precision: str
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix=f"learn-{arm}-{method}-") as tmp:
+        started = time.perf_counter()
+        trainer = train_preftune if arm == "preftune" else train_trl
+        adapter = trainer(method, model_dir, train_file, Path(tmp) / "run", precision)
+        seconds = time.perf_counter() - started
+        figures = judge(adapter, model_dir, eval_file)
+    return {"arm": arm, "method": method, "train_seconds": seconds, "figures": figures}
+
+
+def _row(label: str, figures: dict[str, Any]) -> str:
+    return f"  {label:<22}" + "".join(f"{figures.get(k, float('nan')):>12.4f}" for k in FIGURES)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--train", type=int, default=200, help="first N pairs to train on (default 200)")
-    parser.add_argument(
-        "--eval",
-        type=int,
-        default=None,
-        help="last N pairs to evaluate on (default: all after the training ones)",
-    )
+    parser.add_argument("--data", choices=sorted(DATASETS), default="orca")
+    parser.add_argument("--train", type=int, default=None, help="pairs to train on (default: the data set's)")
+    parser.add_argument("--eval", type=int, default=None, help="pairs held out (default: the data set's)")
     parser.add_argument("--methods", default="dpo,simpo,rpo")
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="training precision (default auto: bf16 autocast where the CPU has native bf16)",
-    )
+    parser.add_argument("--arms", default="preftune,trl")
+    parser.add_argument("--precision", choices=[p for p in PRECISIONS if p != "auto"], default="fp32")
+    parser.add_argument("--tolerance", type=float, default=0.01, help="loss and accuracy slack of the check")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-args", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         w = json.loads(args.worker_args)
-        print(
-            json.dumps(
-                worker(args.worker, Path(w["model_dir"]), Path(w["train"]), Path(w["eval"]), w["precision"])
-            )
+        out = worker(
+            args.worker, w["method"], Path(w["model_dir"]), Path(w["train"]), Path(w["eval"]), w["precision"]
         )
+        print(json.dumps(out))
         return
 
     from preftune.config import Settings
     from preftune.contracts.base_models import resolve_model
 
-    lines = ORCA.read_text(encoding="utf-8").splitlines()
-    if args.eval is None:
-        args.eval = len(lines) - args.train
-    if args.train + args.eval > len(lines):
-        raise SystemExit(f"--train + --eval must be at most {len(lines)} (the orca file's pairs)")
+    info = DATASETS[args.data]
+    n_train, n_eval = args.train or info["train"], args.eval or info["eval"]
     model_dir = resolve_model(MODEL, Settings().models_dir)
-    print(
-        f"train on pairs 1-{args.train}, evaluate on pairs {len(lines) - args.eval + 1}-{len(lines)}; "
-        f"load average {os.getloadavg()[0]:.1f}",
-        flush=True,
-    )
-    results = []
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="learn-data-") as tmp:
-        train_file, eval_file = Path(tmp) / "train.jsonl", Path(tmp) / "eval.jsonl"
-        train_file.write_text("\n".join(lines[: args.train]) + "\n", encoding="utf-8")
-        eval_file.write_text("\n".join(lines[-args.eval :]) + "\n", encoding="utf-8")
-        env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "WANDB_MODE": "disabled",
-            "TOKENIZERS_PARALLELISM": "false",
-        }
+        train_file, eval_file = prepare(args.data, n_train, n_eval, Path(tmp))
+        print(
+            f"{args.data}: shuffled with seed {SEED}, {n_train} train / {n_eval} held out; "
+            f"load average {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+        print(f"  {'':<22}" + "".join(f"{label:>12}" for label in LABELS))
         for method in args.methods.split(","):
-            print(f"training {method} ...", flush=True)
-            cmd = [
-                sys.executable,
-                __file__,
-                "--worker",
-                method,
-                "--worker-args",
-                json.dumps(
-                    {
-                        "model_dir": str(model_dir),
-                        "train": str(train_file),
-                        "eval": str(eval_file),
-                        "precision": args.precision,
-                    }
-                ),
-            ]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if proc.returncode != 0:
-                sys.stderr.write(proc.stderr[-4000:])
-                raise SystemExit(f"{method} failed")
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            results.append(r)
-            b, a = r["before"], r["after"]
-            print(
-                f"  {method} ({r['precision']}): {r['steps']} steps in {r['train_seconds']:.0f} s; held-out (n={a['n']}) "
-                f"rewards/accuracies {b['rewards/accuracies']:.3f} -> {a['rewards/accuracies']:.3f}, "
-                f"rewards/margins {b['rewards/margins']:.4f} -> {a['rewards/margins']:.4f}, "
-                f"pref_acc {b['pref_acc']:.3f} -> {a['pref_acc']:.3f}, loss {b['loss']:.4f} -> {a['loss']:.4f}",
-                flush=True,
-            )
+            by_arm: dict[str, dict[str, Any]] = {}
+            for arm in args.arms.split(","):
+                payload = {"method": method, "model_dir": str(model_dir), "train": str(train_file),
+                           "eval": str(eval_file), "precision": args.precision}  # fmt: skip
+                cmd = [sys.executable, __file__, "--worker", arm, "--worker-args", json.dumps(payload)]
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if proc.returncode != 0:
+                    sys.stderr.write(proc.stderr[-4000:])
+                    raise SystemExit(f"{arm} {method} failed")
+                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                results.append({**r, "data": args.data, "train": n_train, "eval": n_eval})
+                by_arm[arm] = r
+                if len(by_arm) == 1:
+                    print(_row(f"base ({method})", r["figures"]["base"]), flush=True)
+                print(_row(f"{arm} {method} ({r['train_seconds']:.0f} s)", r["figures"]["model"]), flush=True)
+            if {"preftune", "trl"} <= set(by_arm):
+                ours, theirs = by_arm["preftune"]["figures"]["model"], by_arm["trl"]["figures"]["model"]
+                ok_loss = ours["loss"] <= theirs["loss"] + args.tolerance
+                ok_acc = all(ours[k] >= theirs[k] - args.tolerance for k in FIGURES if "accura" in k)
+                verdict = "ok" if ok_loss and ok_acc else "WORSE"
+                print(f"  {method}: preftune vs TRL: loss {'ok' if ok_loss else 'worse'}, "
+                      f"accuracies {'ok' if ok_acc else 'lower'} -> {verdict}", flush=True)  # fmt: skip
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -28,6 +28,7 @@ from helpers.routes import CREATES, PUBLIC, tenant_routes
 from preftune.api.app import create_app
 from preftune.config import Settings
 from preftune.service import deployments as deployment_service
+from preftune.service import evaluations as evaluation_service
 from preftune.service import files as file_service
 from preftune.service import jobs as job_service
 from preftune.service import keys as key_service
@@ -64,6 +65,7 @@ def _path_value(param: str, ids: dict[str, str]) -> str:
         ("account", "owner"),
         ("dataset", "dataset"),
         ("ft_id", "job"),
+        ("evaluation", "evaluation"),
         ("checkpoint", "checkpoint"),
         ("event", "event"),
         ("deploy", "deployment"),
@@ -142,6 +144,9 @@ def tenants(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Tenants]:
             deployment = deployment_service.create_deployment(session, alice.id, model, min_replicas=0)
             checkpoint = job_service.list_checkpoints(session, alice.id, done.id)[0]
             event = job_service.list_events(session, alice.id, done.id).data[-1]
+            evaluation = evaluation_service.create_evaluation(
+                session, alice.id, model=model, file=file.id, settings=settings
+            )
         ids = {
             "file": file.id,
             "job": done.id,
@@ -153,6 +158,7 @@ def tenants(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Tenants]:
             "event": f"ftevent-{event.seq}",
             "owner": alice.id,
             "dataset": "alice-pairs",
+            "evaluation": evaluation.id,
         }
         yield Tenants(client, app, alice_key, bob_key, revoked_key, ids, tiny_model_dir)
 
@@ -222,6 +228,7 @@ def test_another_owner_gets_404_and_none_of_the_data_on_every_route(
             {"model": ids["model"], "messages": [{"role": "user", "content": "hi"}]},
             "model",
         ),
+        ("/v1/evaluations", {"model": ids["model"], "file": ids["file"]}, "file"),
     ):
         response = http.post(path, json=body, headers=bob)
         assert response.status_code == 404, (path, response.text)

@@ -142,3 +142,19 @@ def test_an_upload_key_is_kept_across_processes_and_refuses_other_content(sdk: A
         client.files.upload(_data(tmp_path, rows=5), idempotency_key="nightly-2026-11-23")
     assert info.value.status_code == 409 and info.value.param == "Idempotency-Key"
     assert first.id in info.value.message
+
+
+def test_an_evaluation_round_trip_with_typed_results(sdk: Any, tmp_path: Path, tiny_model_dir: Path) -> None:
+    from preftune.client.types import Evaluation
+    from preftune.runner.worker import Runner
+
+    client = sdk.client()
+    uploaded = client.files.upload(_data(tmp_path, rows=3))
+    queued = client.evaluations.create(model=str(tiny_model_dir), file=uploaded.id, max_length=64)
+    assert isinstance(queued, Evaluation) and queued.status == "queued" and not queued.done
+    assert Runner(sdk.settings).run_evaluation_once() == "completed"
+    done = client.evaluations.wait(queued.id, timeout=10)
+    assert done.done and done.result is not None and done.result["n_pairs"] == 3
+    assert [e.id for e in client.evaluations.list()] == [queued.id]
+    with pytest.raises(errors.NotFoundError):
+        client.evaluations.retrieve("eval-nope")

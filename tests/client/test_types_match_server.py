@@ -31,6 +31,8 @@ MIRRORS: dict[type[BaseModel], str] = {
     types.Checkpoint: "Checkpoint",
     types.APIKey: "APIKey",
     types.APIKeyCreated: "APIKeyCreated",
+    types.Evaluation: "EvaluationObject",
+    types.EvaluationError: "EvaluationError",
     Deployment: "DeploymentObject",
 }
 # SDK types with no server component to compare against, and why.

@@ -53,6 +53,7 @@ CREATES: dict[tuple[str, str], str] = {
     ("POST", "/v1/keys"): "a key for the caller's own owner; new_owner without an admin key is a 403",
     ("POST", "/v1/fine-tunes/estimate-price"): "another owner's training_file is a 404 (Together)",
     ("POST", "/inference/v1/chat/completions"): "another owner's fine-tuned model is a 404 (Fireworks)",
+    ("POST", "/v1/evaluations"): "another owner's file is a 404",
 }
 
 

@@ -88,3 +88,27 @@ def test_cancel_stops_training_and_keeps_the_last_checkpoint(
     assert checkpoints and Path(checkpoints[0].path).is_dir()
     assert events[0].type == "JOB_CANCELLED" and f"step {checkpoints[0].step}" in events[0].message
     assert not (settings.jobs_dir / job_id / "adapter").exists()
+
+
+def test_a_job_with_validation_data_shows_its_eval_metrics_and_best_checkpoint(
+    db: Database, settings: Settings, owner_id: str, make_job: Any
+) -> None:
+    from preftune.api.dialects.native.presenters import checkpoint_object, job_object
+
+    # validation_split: 4 of the 16 pairs held out; a min_delta nothing beats makes step 2 the best.
+    job_id = make_job(max_steps=4, validation_split=0.25, n_evals=2, early_stopping_min_delta=100.0)
+    outcome = Runner(settings, db=db).run_once()
+    assert outcome is not None and outcome.kind == "completed"
+    with db.session() as session:
+        job = job_service.get_job(session, owner_id, job_id)
+        shown = job_object(job)
+        checkpoints = job_service.list_checkpoints(session, owner_id, job_id, order="asc")
+        best = job_service.artifact_path(session, owner_id, job_id, settings, artifact="best")
+    assert shown.eval_metrics is not None and shown.eval_metrics["step"] == 4
+    assert "preference_accuracy" in shown.eval_metrics and "rewards/accuracies" in shown.eval_metrics
+    assert shown.best_checkpoint_step == 2
+    assert [(c.step, checkpoint_object(c, job.best_step).best) for c in checkpoints] == [
+        (2, True),
+        (4, False),
+    ]
+    assert best.name == "step-2" and (best / "adapter_model.safetensors").is_file()

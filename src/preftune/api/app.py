@@ -28,7 +28,12 @@ from preftune.store.db import open_database
 
 log = logging.getLogger("preftune.api")
 
-CORE_ROUTERS = DIALECT_ROUTERS
+# Beside the dialects: evaluations and the curve pictures (native resources, one module each).
+CORE_ROUTERS = [
+    *DIALECT_ROUTERS,
+    ("preftune.api.routes.evaluations", "/v1"),
+    ("preftune.api.routes.curves", "/v1"),
+]
 # Not present in every build: the inference routes (they need the engine) and the console.
 OPTIONAL_ROUTERS = [*OPTIONAL_DIALECT_ROUTERS, ("preftune.api.routes.console", "")]
 

@@ -285,8 +285,11 @@ def list_checkpoints(
         return
     print_table(
         None,
-        ["id", "step", "created", "metrics"],
-        [[c.id, c.step, fmt_time(c.created_at), _metric_summary(c.metrics)] for c in checkpoints],
+        ["id", "step", "best", "created", "metrics"],
+        [
+            [c.id, c.step, "best" if c.best else "", fmt_time(c.created_at), _metric_summary(c.metrics)]
+            for c in checkpoints
+        ],
     )
 
 
@@ -298,7 +301,8 @@ def download(
     artifact: str = typer.Option(
         "adapter",
         "--artifact",
-        help="adapter, model (full fine-tuning), merged, or checkpoint (with --step).",
+        help="adapter, model (full fine-tuning), merged, checkpoint (with --step), or best (the checkpoint "
+        "with the lowest validation loss).",
     ),
     step: int | None = typer.Option(
         None, "--step", help="With --artifact checkpoint: which step (see list-checkpoints)."
@@ -330,7 +334,42 @@ def download(
     console.print(f"wrote {path}")
 
 
-def _watch_view(job: Any, events: list[Any]) -> Group:
+SPARK = "▁▂▃▄▅▆▇█"
+# The curves `watch` draws in the terminal: (metric, label).
+SPARK_METRICS = [("loss", "loss"), ("rewards/accuracies", "reward acc"), ("rewards/margins", "margin")]
+
+
+def sparkline(values: list[float], width: int = 48) -> str:
+    """A one-line chart of `values` (the last ones, averaged down to `width` columns), Rich-free text."""
+    points = [v for v in values if isinstance(v, int | float) and v == v]
+    if not points:
+        return ""
+    if len(points) > width:
+        size = len(points) / width
+        points = [
+            sum(chunk) / len(chunk)
+            for i in range(width)
+            if (chunk := points[int(i * size) : max(int((i + 1) * size), int(i * size) + 1)])
+        ]
+    low, high = min(points), max(points)
+    span = high - low or 1.0
+    return "".join(SPARK[min(int((p - low) / span * (len(SPARK) - 1) + 0.5), len(SPARK) - 1)] for p in points)
+
+
+def _curves_view(history: list[dict[str, Any]]) -> Table:
+    curves = Table.grid(padding=(0, 2))
+    for key, label in SPARK_METRICS:
+        values = [float(line[key]) for line in history if isinstance(line.get(key), int | float)]
+        if values:
+            curves.add_row(
+                Text(label, style="dim"),
+                Text(sparkline(values), style="cyan"),
+                Text(f"{fmt_number(values[0])} -> {fmt_number(values[-1])}", style="dim"),
+            )
+    return curves
+
+
+def _watch_view(job: Any, events: list[Any], history: list[dict[str, Any]] | None = None) -> Group:
     progress = job.progress
     total = progress.total_steps or 0
     bar = Progress(
@@ -351,11 +390,19 @@ def _watch_view(job: Any, events: list[Any]) -> Group:
     metrics.add_row(
         *[Text(f"{k} {fmt_number(latest.get(k))}") for k in ("loss", "rewards/accuracies", "rewards/margins")]
     )
+    evaluated = getattr(job, "eval_metrics", None) or {}
+    if evaluated:
+        metrics.add_row(
+            *[
+                Text(f"eval {k} {fmt_number(evaluated.get(k))}", style="magenta")
+                for k in ("loss", "rewards/accuracies", "preference_accuracy")
+            ]
+        )
     header = Text(f"{job.id}  {job.model}  attempts {job.attempts}", style="dim")
     recent = Table(show_header=False, box=None)
     for event in events[-8:]:
         recent.add_row(fmt_time(event.created_at), event.type, event.message)
-    return Group(header, bar, metrics, recent)
+    return Group(header, bar, metrics, _curves_view(history or []), recent)
 
 
 @app.command("watch")
@@ -368,6 +415,7 @@ def watch(
     """Follow a job live: progress bar with ETA, loss and reward accuracy, events as they arrive.
     Exits 0 when the job completes, 1 if it fails or is cancelled."""
     events: list[Any] = []
+    history: list[dict[str, Any]] = []  # train metric lines, for the terminal chart
     last_event: str | None = None
     with make_client() as client:
 
@@ -378,6 +426,11 @@ def watch(
                 last_event = event.id
                 if as_json:
                     print_json({"event": event})
+            if not as_json:
+                after = int(history[-1]["step"]) if history else None
+                history.extend(
+                    p.model_dump() for p in client.fine_tuning.list_metrics(job_id, after_step=after)
+                )
             return client.fine_tuning.retrieve(job_id)
 
         if as_json:
@@ -388,11 +441,11 @@ def watch(
             print_json({"job": job})
         else:
             job = poll()
-            with Live(_watch_view(job, events), console=console, refresh_per_second=4) as live:
+            with Live(_watch_view(job, events, history), console=console, refresh_per_second=4) as live:
                 while not job.done:
                     time.sleep(interval)
                     job = poll()
-                    live.update(_watch_view(job, events))
+                    live.update(_watch_view(job, events, history))
             if not console.is_terminal:
                 console.print()  # Live leaves its last frame without a line end when not on a terminal
             console.print(

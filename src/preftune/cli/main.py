@@ -34,6 +34,7 @@ TOP_LEVEL: list[str] = [
     "preftune.cli.server",  # preftune serve, preftune worker
     "preftune.cli.chat",  # preftune chat
     "preftune.cli.demo",  # preftune demo
+    "preftune.cli.evaluate",  # preftune eval
 ]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from preftune.cli.common import console, handle_errors
+from preftune.cli.common import console, fmt_number, handle_errors
 from preftune.cli.spec_flags import parse_knob, spec_parameter
 from preftune.contracts.spec import TrainingSpec
 from preftune.training.callbacks import TrainCallbacks
@@ -129,6 +129,18 @@ def _train(
     console.print(f"[green]done[/]: {result.steps} steps; weights in {final}")
     if result.merged_path:
         console.print(f"merged model in {result.merged_path}")
+    held_out = result.report.get("evaluation")
+    if held_out and held_out.get("base"):
+        base, tuned = held_out["base"], held_out["model"]
+
+        def pair(key: str) -> str:
+            return f"{fmt_number(base.get(key))} -> {fmt_number(tuned.get(key))}"
+
+        console.print(
+            f"held-out ({held_out['n_pairs']} pairs): preference accuracy per token "
+            f"{pair('preference_accuracy_normalized')}, summed {pair('preference_accuracy')}; "
+            f"DPO loss {pair('loss')} (eval.json)"
+        )
     console.print(f"metrics: {output_dir / 'metrics.jsonl'}  report: {result.report_path}")
 
 

@@ -17,6 +17,7 @@ from preftune.client.chat import Chat
 from preftune.client.deployments import Deployments
 from preftune.client.errors import APIConnectionError, APIStatusError, RateLimitError, ServerError
 from preftune.client.pagination import Page
+from preftune.client.resources.evaluations import Evaluations
 from preftune.client.resources.files import Files
 from preftune.client.resources.fine_tuning import FineTuning
 from preftune.client.resources.keys import Keys
@@ -39,6 +40,7 @@ class Client:
 
     files: Files
     fine_tuning: FineTuning
+    evaluations: Evaluations
     keys: Keys
     chat: Chat
     deployments: Deployments
@@ -67,6 +69,7 @@ class Client:
         )
         self.files = Files(self._transport)
         self.fine_tuning = FineTuning(self._transport)
+        self.evaluations = Evaluations(self._transport)
         self.keys = Keys(self._transport)
         self.chat = Chat(self._transport)
         self.deployments = Deployments(self._transport)

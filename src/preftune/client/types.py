@@ -17,6 +17,8 @@ __all__ = [
     "APIKeyCreated",
     "Checkpoint",
     "DeletedObject",
+    "Evaluation",
+    "EvaluationError",
     "FileObject",
     "FineTuneJob",
     "JobError",
@@ -77,6 +79,8 @@ class FineTuneJob(_Object):
     hyperparameters: dict[str, Any]
     progress: JobProgress
     latest_metrics: dict[str, Any] | None = None
+    eval_metrics: dict[str, Any] | None = None
+    best_checkpoint_step: int | None = None
     output_name: str | None = None
     error: JobError | None = None
     attempts: int = 0
@@ -111,6 +115,7 @@ class Checkpoint(_Object):
     step: int
     created_at: int
     metrics: dict[str, Any] | None = None
+    best: bool = False
 
 
 class APIKey(_Object):
@@ -134,3 +139,33 @@ class DeletedObject(_Object):
     id: str
     object: str
     deleted: bool
+
+
+EvaluationStatus = Literal["queued", "running", "completed", "error"]
+
+
+class EvaluationError(_Object):
+    message: str
+    code: str | None = None
+
+
+class Evaluation(_Object):
+    """A held-out evaluation (`client.evaluations`); `result` is `preftune eval`'s JSON once completed."""
+
+    id: str
+    object: Literal["evaluation"] = "evaluation"
+    model: str
+    file: str
+    base: str | None = None
+    params: dict[str, Any]
+    status: EvaluationStatus
+    progress: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    error: EvaluationError | None = None
+    created_at: int
+    started_at: int | None = None
+    finished_at: int | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("completed", "error")

@@ -224,7 +224,32 @@ class TrainingSpec(BaseModel):
         default=0,
         ge=0,
         le=1000,
-        description="Evaluations on the validation file over the run.",
+        description="Evaluations on the validation data over the run, evenly spaced (the last at the end). "
+        "With validation data and 0, the run is still evaluated once, at the end.",
+        json_schema_extra={"group": "advanced"},
+    )
+    validation_split: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=0.5,
+        description="Without a validation file: hold out this share of the training examples (a seeded, "
+        "deterministic choice) and evaluate on them instead of training on them. 0 turns it off.",
+        json_schema_extra={"group": "advanced"},
+    )
+    early_stopping_patience: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Stop when this many evaluations in a row did not lower the best validation loss by "
+        "more than early_stopping_min_delta; the final weights are then the best checkpoint's. "
+        "0 turns it off. Needs validation data and n_evals > 1.",
+        json_schema_extra={"group": "advanced"},
+    )
+    early_stopping_min_delta: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Smallest drop of the validation loss that counts as an improvement (early stopping and "
+        "the best checkpoint).",
         json_schema_extra={"group": "advanced"},
     )
     from_checkpoint: str | None = Field(
@@ -317,6 +342,10 @@ class TrainingSpec(BaseModel):
             raise ValueError("simpo_gamma (SimPO) uses the sigmoid loss; set dpo_loss_type=sigmoid")
         if self.dpo_label_smoothing > 0 and self.dpo_loss_type != "sigmoid":
             raise ValueError("dpo_label_smoothing applies to dpo_loss_type=sigmoid only")
+        if self.early_stopping_patience > 0 and self.n_evals < 2:
+            raise ValueError(
+                "early_stopping_patience needs n_evals >= 2 (evaluations to compare); set n_evals"
+            )
         if self.training_method == "dpo" and self.train_on_inputs is True:
             warnings.warn(
                 "train_on_inputs is ignored for DPO: the loss only covers the answers", stacklevel=2

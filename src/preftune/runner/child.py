@@ -116,3 +116,32 @@ def child_main(payload: dict[str, Any], queue: Any, stop_event: Any, parent_pid:
     finally:
         queue.close()
         queue.join_thread()
+
+
+def evaluation_main(payload: dict[str, Any], queue: Any) -> None:
+    """Entry point of an evaluation child (spawned): put ("progress", …) messages, then ("result", …) or
+    ("error", …) on the queue."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        from preftune.training.evaluation import clean, evaluate
+
+        params = payload["params"]
+        result = evaluate(
+            payload["model_path"],
+            Path(payload["file"]),
+            models_dir=Path(payload["models_dir"]),
+            base=payload.get("base_model_path"),
+            beta=float(params["beta"]),
+            max_length=int(params["max_length"]),
+            batch_size=int(params["batch_size"]),
+            on_progress=lambda done, total: queue.put(("progress", {"done": done, "total": total})),
+        )
+        result["model_name"] = payload["model"]
+        result["file"] = payload["file_id"]
+        queue.put(("result", clean(result)))
+    except BaseException as exc:  # every failure must reach the runner as a message
+        traceback.print_exc()
+        queue.put(("error", error_payload(exc)))
+    finally:
+        queue.close()
+        queue.join_thread()

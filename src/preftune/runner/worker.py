@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from preftune.config import Settings
-from preftune.runner.child import LOG_FILE, child_main
-from preftune.service import artifacts, runs
+from preftune.runner.child import LOG_FILE, child_main, evaluation_main
+from preftune.service import artifacts, evaluations, runs
 from preftune.service.bootstrap import open_blobs
 from preftune.service.events import EventType
 from preftune.store.blobs import BlobStore
@@ -97,7 +97,7 @@ class Runner:
         log.info("runner %s started (database %s)", self.runner_id, self.db.engine.url.render_as_string())
         while not self.stopping:
             outcome = self.run_once()
-            if outcome is None:
+            if outcome is None and self.run_evaluation_once() is None:
                 self._stopping.wait(self.idle_poll_seconds)
         log.info("runner %s stopped", self.runner_id)
 
@@ -113,6 +113,62 @@ class Runner:
         except runs.LeaseLostError:
             log.warning("runner %s: lost the lease on job %s", self.runner_id, claimed.job_id)
             return AttemptOutcome("lease_lost", claimed.job_id)
+
+    # --- evaluations ----------------------------------------------------------------------------
+    def run_evaluation_once(self) -> str | None:
+        """Claim one queued evaluation and run it in a child process; its final status, or None when
+        there was none. (Jobs come first: `run_forever` looks for an evaluation only when idle.)"""
+        with self.db.session() as session:
+            claimed = evaluations.claim_evaluation(session, self.runner_id, self.blobs)
+            if claimed is None:
+                return None
+            row, data_path = claimed
+            payload = {
+                "model": row.model,
+                "file_id": row.file_id,
+                "file": str(data_path),
+                "model_path": row.model_path,
+                "base_model_path": row.base_model_path,
+                "params": dict(row.params),
+                "models_dir": str(self.settings.models_dir),
+            }
+            evaluation_id = row.id
+        log.info("runner %s: evaluation %s", self.runner_id, evaluation_id)
+        messages = self._mp.Queue()
+        child = self._mp.Process(
+            target=evaluation_main, args=(payload, messages), name=f"preftune-eval-{evaluation_id}"
+        )
+        child.start()
+        outcome: tuple[str, dict[str, Any]] | None = None
+        try:
+            while outcome is None:
+                try:
+                    kind, body = messages.get(timeout=0.2)
+                except queue_module.Empty:
+                    if not child.is_alive():
+                        break
+                    if self.stopping:
+                        child.kill()
+                        break
+                    continue
+                if kind == "progress":
+                    self._write(evaluations.record_progress, evaluation_id, body["done"], body["total"])
+                else:
+                    outcome = (kind, body)
+        finally:
+            child.join(STOP_GRACE_SECONDS)
+            if child.is_alive():
+                child.kill()
+                child.join()
+            messages.close()
+        with self.db.session() as session:
+            if outcome is not None and outcome[0] == "result":
+                evaluations.complete_evaluation(session, evaluation_id, outcome[1])
+                return "completed"
+            error = outcome[1] if outcome is not None else {}
+            message = error.get("message") or f"the evaluation process ended (exit code {child.exitcode})"
+            evaluations.fail_evaluation(session, evaluation_id, message, error.get("code"))
+            return "error"
 
     # --- one attempt --------------------------------------------------------------------------
     def _payload(self, claimed: runs.ClaimedJob) -> dict[str, Any]:
@@ -261,7 +317,13 @@ class Runner:
         with self.db.session() as session:
             if event_type == EventType.CHECKPOINT_SAVE and "step" in data and data.get("path"):
                 runs.record_checkpoint(
-                    session, job_id, token, int(data["step"]), Path(str(data["path"])), latest_metrics
+                    session,
+                    job_id,
+                    token,
+                    int(data["step"]),
+                    Path(str(data["path"])),
+                    latest_metrics,
+                    best=bool(data.get("best")),
                 )
             runs.record_event(session, job_id, token, event_type, str(body.get("message", "")), data)
         if event_type == EventType.CHECKPOINT_SAVE and "step" in data:

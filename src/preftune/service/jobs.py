@@ -35,7 +35,7 @@ JOB_ID_PREFIX = "ftjob"
 CHECKPOINT_REF_RE = re.compile(r"^(ftjob-[A-Za-z0-9]+)(?::([0-9]+))?$")
 PREFERENCE_FORMATS = frozenset({"preference"})
 SFT_FORMATS = frozenset({"sft_messages", "sft_prompt_completion", "sft_text"})
-Artifact = Literal["adapter", "model", "merged", "checkpoint"]
+Artifact = Literal["adapter", "model", "merged", "checkpoint", "best"]
 # The `openai` client retries within its backoff plus its timeout (10 minutes by default).
 RETRY_WINDOW_SECONDS = 15 * 60
 
@@ -441,7 +441,8 @@ def artifact_path(
     blobs: BlobStore | None = None,
 ) -> Path:
     """The directory to download: `adapter` (the LoRA adapter, or the full model for full fine-tuning),
-    `model`, `merged` (needs `merge=true`) or `checkpoint` (`step` required). With a remote `blobs`, the
+    `model`, `merged` (needs `merge=true`), `checkpoint` (`step` required) or `best` (the checkpoint
+    with the lowest validation loss; needs validation data and n_evals >= 2). With a remote `blobs`, the
     directory is fetched from the store into this machine's `jobs/` first, whichever runner wrote it."""
     job = get_job(session, owner_id, job_id)
 
@@ -449,6 +450,13 @@ def artifact_path(
         return artifacts.local_artifact(settings, blobs, path) if blobs is not None else Path(path)
 
     out = job_dir(settings, job.id)
+    if artifact == "best":
+        if job.best_step is None:
+            raise NotFoundError(
+                f"job {job.id} has no best checkpoint (it needs validation data and n_evals >= 2)",
+                param="artifact",
+            )
+        artifact, step = "checkpoint", job.best_step
     if artifact == "checkpoint":
         if step is None:
             raise InvalidRequestError("step is required to download a checkpoint", param="step")
@@ -461,7 +469,8 @@ def artifact_path(
         return here(ckpt.path)
     if artifact not in ("adapter", "model", "merged"):
         raise InvalidRequestError(
-            f"artifact must be adapter, model, merged or checkpoint (got {artifact!r})", param="artifact"
+            f"artifact must be adapter, model, merged, checkpoint or best (got {artifact!r})",
+            param="artifact",
         )
     if job.status != JobStatus.COMPLETED:
         raise ConflictError(

@@ -383,6 +383,8 @@ def record_step(session: Session, job_id: str, token: str, metrics: dict[str, An
         job.epoch = _float_or(metrics.get("epoch"), job.epoch)
         job.eta_seconds = _float_or(metrics.get("eta_seconds"), None)
         job.latest_metrics = metrics
+    elif split == "eval":
+        job.latest_eval_metrics = metrics
     session.commit()
 
 
@@ -395,10 +397,20 @@ def _float_or(value: Any, default: float | None) -> float | None:
 
 
 def record_checkpoint(
-    session: Session, job_id: str, token: str, step: int, path: Path, metrics: dict[str, Any] | None = None
+    session: Session,
+    job_id: str,
+    token: str,
+    step: int,
+    path: Path,
+    metrics: dict[str, Any] | None = None,
+    *,
+    best: bool = False,
 ) -> None:
-    """A checkpoint the trainer finished writing (re-saving a step after a restart replaces the row)."""
-    _held(session, job_id, token)
+    """A checkpoint the trainer finished writing (re-saving a step after a restart replaces the row);
+    `best`: it has the lowest validation loss so far."""
+    job = _held(session, job_id, token)
+    if best:
+        job.best_step = step
     session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step == step))
     session.add(
         Checkpoint(

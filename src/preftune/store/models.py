@@ -120,6 +120,9 @@ class Job(Base):
     epoch: Mapped[float | None] = mapped_column(Float, nullable=True)
     eta_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     latest_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The latest evaluation on the validation data, and the step of the best checkpoint (lowest loss).
+    latest_eval_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    best_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     output_name: Mapped[str | None] = mapped_column(String(1000), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -203,3 +206,35 @@ class Deployment(Base):
     status: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class Evaluation(Base):
+    """A held-out evaluation of a model or adapter on a preference file (`preftune eval --remote`).
+
+    The model is resolved to directories when it is created (after the owner check), so the runner
+    that claims it needs no lookup of its own."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (
+        Index("ix_evaluations_owner_created", "owner_id", "created_at"),
+        Index("ix_evaluations_status_created", "status", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id"))
+    model: Mapped[str] = mapped_column(String(1000))
+    file_id: Mapped[str] = mapped_column(ForeignKey("files.id"))
+    base: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    # beta, max_length, batch_size
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    model_path: Mapped[str] = mapped_column(Text)
+    base_model_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[str] = mapped_column(String(32))
+    runner_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -25,6 +25,8 @@ from preftune.faults import fault_point
 from preftune.training.modeling import Policy
 
 STATE_FILE = "trainer_state.pt"
+# `checkpoints/best.json`: the checkpoint with the lowest validation loss (step, eval_loss, path, metrics).
+BEST_FILE = "best.json"
 STEP_DIR_RE = re.compile(r"^step-(\d+)$")
 
 
@@ -162,3 +164,16 @@ def load_checkpoint(policy: Policy, path: Path) -> dict[str, Any]:
         del saved
     state: dict[str, Any] = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
     return state
+
+
+def read_best(checkpoints_dir: Path) -> dict[str, Any] | None:
+    """`best.json` of a run, if it has one and its checkpoint exists."""
+    import json
+
+    try:
+        best: dict[str, Any] = json.loads((checkpoints_dir / BEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not (checkpoints_dir / str(best.get("path", "")) / STATE_FILE).is_file():
+        return None
+    return best

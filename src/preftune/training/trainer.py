@@ -10,7 +10,9 @@ and then evaluate and checkpoint. `should_stop()` is polled before every micro-b
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import random
 import shutil
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 
 from preftune.contracts.base_models import resolve_model
+from preftune.contracts.curves import CURVES_FILE, write_curves
 from preftune.contracts.spec import TrainingSpec
 from preftune.errors import (
     InsufficientStorageError,
@@ -30,8 +33,16 @@ from preftune.errors import (
 from preftune.kernels.allocator import keep_freed_memory
 from preftune.training import callbacks as events
 from preftune.training.callbacks import CallbackList, TrainCallbacks
-from preftune.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
+from preftune.training.checkpoint import (
+    BEST_FILE,
+    list_checkpoints,
+    load_checkpoint,
+    read_best,
+    save_checkpoint,
+    set_rng_state,
+)
 from preftune.training.dataset import TokenizedData, check_file, tokenize_file
+from preftune.training.evaluation import EVAL_FILE, clean, evaluate_examples
 from preftune.training.logps import sequence_logps
 from preftune.training.losses import ExampleLogps, LossTerms, SequenceLogps, loss_for, step_normalisers
 from preftune.training.memory import MemoryPlan, plan_memory, split_by_tokens
@@ -49,6 +60,7 @@ from preftune.training.outputs import (
     write_final_weights,
     write_merged,
     write_report,
+    write_text_atomic,
 )
 from preftune.training.packing import PackedBatch, pack
 from preftune.training.result import TrainResult
@@ -168,9 +180,20 @@ class _Run:
         self._check_output_dir()
         base_path = resolve_model(self.model_name, self.models_dir)
         # Check the data before the (slow) model load: a bad file should fail in a second.
-        if self.spec.n_evals and self.validation_file is None:
+        has_eval = self.validation_file is not None or self.spec.validation_split > 0
+        if self.validation_file is not None and self.spec.validation_split > 0:
             raise InvalidRequestError(
-                "n_evals > 0 needs a validation_file to evaluate on", param="validation_file"
+                "give either a validation_file or validation_split, not both", param="validation_split"
+            )
+        if self.spec.n_evals and not has_eval:
+            raise InvalidRequestError(
+                "n_evals > 0 needs a validation_file or validation_split to evaluate on",
+                param="validation_file",
+            )
+        if self.spec.early_stopping_patience and not has_eval:
+            raise InvalidRequestError(
+                "early_stopping_patience needs a validation_file or validation_split (the loss it watches)",
+                param="early_stopping_patience",
             )
         train_format = check_file(self.training_file, self.spec, "training_file")
         eval_format = None
@@ -194,6 +217,8 @@ class _Run:
                 param="validation_file",
                 data_format=eval_format,
             )
+        elif self.spec.validation_split > 0:
+            self.train_data, self.eval_data = held_out_split(self.train_data, self.spec)
 
     def _plan(self) -> None:
         spec = self.spec
@@ -217,6 +242,8 @@ class _Run:
         self.eval_steps = {
             max(1, round(self.total_steps * k / spec.n_evals)) for k in range(1, spec.n_evals + 1)
         }
+        if self.eval_data is not None:
+            self.eval_steps.add(self.total_steps)  # a run with validation data ends with an evaluation
         params = self.policy.trainable_parameters()
         self.optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=spec.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, spec, self.total_steps)
@@ -274,7 +301,9 @@ class _Run:
             return self.loss(ExampleLogps(sums, counts), None), batch.n_tokens  # type: ignore[arg-type]
         policy = SequenceLogps.interleaved(sums, counts)
         ref = None if reference is None else SequenceLogps.interleaved(reference, counts)
-        return self.loss(policy, ref), batch.n_tokens  # type: ignore[arg-type]
+        terms = self.loss(policy, ref)  # type: ignore[arg-type]
+        terms.metrics.update(preference_metrics(policy))
+        return terms, batch.n_tokens
 
     def _build_reference_cache(self) -> None:
         """Full fine-tuning: reference log-probs of every example under the starting weights, once."""
@@ -383,6 +412,9 @@ class _Run:
         self._begin(step)
         self.last_line: dict[str, Any] = {}
         self.last_eval: dict[str, Any] = {}
+        self.saved_step: int | None = None
+        self.early_stopped = False
+        self._restore_best(step)
         self.start_step, self.loop_started = step, time.perf_counter()
         self.policy.model.train()
         while step < self.total_steps and not stopped:
@@ -391,6 +423,9 @@ class _Run:
                 step += 1
                 self._log(line)
                 self._maybe_evaluate(step)
+                if self.early_stopped:
+                    self._maybe_end_epoch(step)
+                    break
             except Stopped:
                 self.optimizer.zero_grad(set_to_none=True)  # a cut-short step's gradients are not a step
                 stopped = True
@@ -498,20 +533,85 @@ class _Run:
         line = self._evaluate(step)
         self._log(line)
         self._emit(events.EVAL, f"evaluation at step {step}: loss {line['loss']:.4f}", line)
+        self._track_best(step, line)
+
+    # --- the best checkpoint and early stopping -------------------------------------------------
+    def _restore_best(self, step: int) -> None:
+        """The best evaluation so far (`checkpoints/best.json`) and the evaluations since it."""
+        self.best: dict[str, Any] | None = None
+        self.evals_without_improvement = 0
+        if not self.resume or step == 0:
+            return
+        best = read_best(self.output_dir / "checkpoints")
+        if best is not None and int(best["step"]) <= step:
+            self.best = best
+            evals = [
+                line
+                for line in self.metrics.read()
+                if line.get("split") == "eval" and int(best["step"]) < int(line.get("step", 0)) <= step
+            ]
+            self.evals_without_improvement = len(evals)
+
+    def _track_best(self, step: int, line: dict[str, Any]) -> None:
+        """Keep the best checkpoint (lowest validation loss) marked; decide on early stopping.
+
+        Only runs evaluated more than once keep one: with a single evaluation the best is the end."""
+        if self.spec.n_evals < 2:
+            return
+        loss = line.get("loss")
+        if loss is None or loss != loss:  # NaN never improves
+            improved = False
+        else:
+            improved = (
+                self.best is None or loss < float(self.best["eval_loss"]) - self.spec.early_stopping_min_delta
+            )
+        if improved:
+            self.evals_without_improvement = 0
+            path = self._save_checkpoint(step)
+            self.best = {
+                "step": step,
+                "eval_loss": loss,
+                "path": path.name,
+                "metrics": {k: v for k, v in line.items() if k not in ("split",)},
+            }
+            checkpoints = self.output_dir / "checkpoints"
+            write_text_atomic(checkpoints / BEST_FILE, json.dumps(self.best, indent=2) + "\n")
+            self._emit(
+                events.CHECKPOINT_SAVE,
+                f"best checkpoint so far at step {step}: validation loss {loss:.4f}",
+                {"step": step, "path": str(path), "best": True, "eval_loss": loss},
+            )
+            return
+        self.evals_without_improvement += 1
+        patience = self.spec.early_stopping_patience
+        if patience and self.evals_without_improvement >= patience and step < self.total_steps:
+            self.early_stopped = True
+            assert self.best is not None
+            self._emit(
+                events.EARLY_STOP,
+                f"early stopping at step {step}: no improvement of the validation loss for {patience} "
+                f"evaluations; the best is step {self.best['step']} (loss {float(self.best['eval_loss']):.4f})",
+                {"step": step, "best_step": self.best["step"], "best_eval_loss": self.best["eval_loss"]},
+            )
 
     def _maybe_end_epoch(self, step: int) -> None:
         if step % self.steps_per_epoch == 0:
             epoch = step // self.steps_per_epoch
             self._emit(events.EPOCH_COMPLETE, f"epoch {epoch} complete", {"epoch": epoch, "step": step})
 
-    def _maybe_checkpoint(self, step: int) -> None:
-        if step not in self.checkpoint_steps:
-            return
+    def _save_checkpoint(self, step: int) -> Path:
         self.totals["wall_time_s"] = self.wall_before + time.perf_counter() - self.started
         path = save_checkpoint(
             self.policy, self.output_dir / "checkpoints", step, self._state(step, self.totals)
         )
+        self.saved_step = step
         self.checkpoints = list_checkpoints(self.output_dir / "checkpoints")
+        return path
+
+    def _maybe_checkpoint(self, step: int) -> None:
+        if step not in self.checkpoint_steps or self.saved_step == step:  # saved already as the best
+            return
+        path = self._save_checkpoint(step)
         self._emit(
             events.CHECKPOINT_SAVE, f"checkpoint saved at step {step}", {"step": step, "path": str(path)}
         )
@@ -528,6 +628,9 @@ class _Run:
             final_metrics=self.last_line,
         )
         if not stopped:
+            if self.early_stopped and self.best is not None and int(self.best["step"]) != step:
+                # Early stopping hands back the best weights, not the last ones.
+                load_checkpoint(self.policy, self.output_dir / "checkpoints" / str(self.best["path"]))
             final = write_final_weights(self.policy, self.output_dir)
             if self.policy.lora:
                 result.adapter_path = final
@@ -538,6 +641,10 @@ class _Run:
         self.totals["wall_time_s"] = self.wall_before + time.perf_counter() - self.started
         result.report = self._report(result, self.totals, self.last_eval, resumed_from, self.precision)
         write_report(self.output_dir, result.report)
+        if not stopped and self.eval_data is not None and self.is_dpo:
+            result.report["evaluation"] = self._final_evaluation()
+            write_report(self.output_dir, result.report)
+        self._write_curves()
         if not stopped:
             self._emit(
                 events.TRAINING_COMPLETE,
@@ -545,6 +652,63 @@ class _Run:
                 {"step": step, "final_metrics": self.last_line},
             )
         return result
+
+    def _write_curves(self) -> None:
+        """`curves.png` next to metrics.jsonl; a picture that cannot be drawn never fails the run."""
+        try:
+            write_curves(
+                self.metrics.read(),
+                self.output_dir / CURVES_FILE,
+                title=f"{self.model_name}, {self.spec.loss_name}" + (" + rpo" if self.spec.uses_rpo else ""),
+            )
+        except Exception as exc:
+            print(f"warning: curves.png not written: {type(exc).__name__}: {exc}", flush=True)
+
+    def _final_evaluation(self) -> dict[str, Any]:
+        """`eval.json`: the final weights on the validation pairs beside the reference (`preftune eval`'s
+        figures), so every job with validation data ends with the numbers users compare."""
+        examples: list[Any] = self.eval_data.examples if self.eval_data else []
+        data = self.eval_data
+        assert data is not None
+
+        def policy(batch: PackedBatch, _ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            with self._autocast():
+                return sequence_logps(self.policy.model, batch)
+
+        def reference(batch: PackedBatch, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            if self.spec.needs_reference:
+                sums = self._reference_logps(batch, "eval", ids)
+                assert sums is not None
+                return sums, sums
+            with reference_mode(self.policy), self._autocast():
+                return sequence_logps(self.policy.model, batch)
+
+        has_reference = self.policy.lora or self.spec.needs_reference
+        self.policy.model.eval()
+        try:
+            figures = evaluate_examples(
+                examples,
+                policy,
+                reference if has_reference else None,
+                beta=self.spec.dpo_beta,
+                batch_size=self.spec.batch_size,
+                device=self.policy.device,
+            )
+        finally:
+            self.policy.model.train()
+        if not has_reference:
+            figures["base"] = None  # full fine-tuning without reference log-probs: no base figures
+        figures = clean({"object": "evaluation.result", "model_name": self.model_name, **figures})
+        write_text_atomic(self.output_dir / EVAL_FILE, json.dumps(figures, indent=2) + "\n")
+        base = figures.get("base") or {}
+        self._emit(
+            events.EVAL,
+            f"held-out evaluation of the final weights on {figures['n_pairs']} pairs: preference accuracy "
+            f"{base.get('preference_accuracy', float('nan')):.3f} (base) -> "
+            f"{figures['model']['preference_accuracy']:.3f}, DPO loss {figures['model']['loss']:.4f}",
+            {**figures, "final": True},
+        )
+        return figures
 
     def _report(
         self,
@@ -573,6 +737,8 @@ class _Run:
             "wall_time_s": round(totals["wall_time_s"], 3),
             "final_metrics": result.final_metrics,
             "final_eval_metrics": last_eval or None,
+            "best_checkpoint": self.best,
+            "early_stopped": self.early_stopped,
             "device": str(self.policy.device),
             "precision": precision,
             "gradient_checkpointing": self.policy.gradient_checkpointing,
@@ -588,8 +754,41 @@ class _Run:
         }
         if self.eval_data is not None:
             report["validation"] = {
+                "source": "validation_file" if self.validation_file is not None else "validation_split",
                 "n_records": self.eval_data.n_records,
                 "n_examples": len(self.eval_data.examples),
                 "truncation": self.eval_data.stats.to_dict(),
             }
         return report
+
+
+def preference_metrics(policy: SequenceLogps) -> dict[str, torch.Tensor]:
+    """The policy's own preference, per pair: does it give the preferred answer the higher log-prob
+    (summed, and per token)? Reference-free, so it means the same before training and for every method."""
+    return {
+        "preference_accuracy": (policy.chosen > policy.rejected).float().detach(),
+        "preference_accuracy_normalized": (policy.chosen_mean() > policy.rejected_mean()).float().detach(),
+    }
+
+
+def held_out_split(data: TokenizedData, spec: TrainingSpec) -> tuple[TokenizedData, TokenizedData]:
+    """`validation_split`: a seeded, deterministic share of the examples held out for evaluation
+    (the same on every run and every resume with the same seed); at least one example each side."""
+    n = len(data.examples)
+    n_eval = min(max(1, round(n * spec.validation_split)), n - 1)
+    if n < 2 or n_eval < 1:
+        raise InvalidRequestError(
+            f"validation_split {spec.validation_split} leaves no examples to train or evaluate on "
+            f"({n} examples)",
+            param="validation_split",
+        )
+    order = list(range(n))
+    random.Random(spec.seed).shuffle(order)
+    held = set(order[:n_eval])
+    examples: list[Any] = data.examples
+    train = [e for i, e in enumerate(examples) if i not in held]
+    evaluate = [e for i, e in enumerate(examples) if i in held]
+    return (
+        TokenizedData(train, data.format, data.n_records - n_eval, data.stats),
+        TokenizedData(evaluate, data.format, n_eval),
+    )

@@ -91,7 +91,8 @@ class FineTuning:
         step: int | None = None,
         on_progress: Callable[[int, int | None], None] | None = None,
     ) -> Path:
-        """Download the adapter (or `merged` model, or the `checkpoint` at `step`) into `output_dir`.
+        """Download the adapter (or `merged` model, the `checkpoint` at `step`, or the `best` checkpoint)
+        into `output_dir`.
 
         The tar is streamed to disk; an interrupted transfer resumes with an HTTP Range request.
         `on_progress(bytes_done, bytes_total)` is called as data arrives. Returns `output_dir`, which

@@ -144,7 +144,8 @@ def list_fine_tune_checkpoints(
     session: SessionDep,
 ) -> ListResponse[schemas.Checkpoint]:
     rows = job_service.list_checkpoints(session, caller.owner_id, job_id, order="asc")
-    return list_response([presenters.checkpoint_object(row) for row in rows])
+    best_step = job_service.get_job(session, caller.owner_id, job_id).best_step
+    return list_response([presenters.checkpoint_object(row, best_step) for row in rows])
 
 
 @router.get(
@@ -160,10 +161,10 @@ def list_fine_tune_checkpoints(
 def download_fine_tune(
     *,
     job_id: str = Path(description="ftjob-… id"),
-    artifact: Literal["adapter", "model", "merged", "checkpoint"] = Query(
+    artifact: Literal["adapter", "model", "merged", "checkpoint", "best"] = Query(
         "adapter",
         description="adapter (PEFT; the full model for full fine-tuning), model, merged (needs merge=true), "
-        "or checkpoint (with step).",
+        "checkpoint (with step), or best (the checkpoint with the lowest validation loss).",
     ),
     step: int | None = Query(None, ge=0, description="With artifact=checkpoint: the checkpoint's step."),
     caller: CallerDep,
@@ -176,6 +177,10 @@ def download_fine_tune(
     source = job_service.artifact_path(
         session, caller.owner_id, job_id, settings, artifact=artifact, step=step, blobs=blobs
     )
-    name = artifact if artifact != "checkpoint" else f"checkpoint-{step}"
+    if artifact == "best":
+        best_step = job_service.get_job(session, caller.owner_id, job_id).best_step
+        name = f"checkpoint-{best_step}"
+    else:
+        name = artifact if artifact != "checkpoint" else f"checkpoint-{step}"
     tar = cached_tar(source, job_service.job_dir(settings, job_id) / "downloads", name)
     return FileResponse(tar, media_type="application/x-tar", filename=f"{job_id}-{name}.tar")

@@ -65,6 +65,8 @@ def job_object(row: models.Job) -> schemas.FineTuneJob:
             step=row.step or 0, total_steps=row.total_steps, epoch=row.epoch, eta_seconds=row.eta_seconds
         ),
         latest_metrics=row.latest_metrics,
+        eval_metrics=row.latest_eval_metrics,
+        best_checkpoint_step=row.best_step,
         output_name=row.output_name,
         error=job_error(row),
         attempts=row.attempts or 0,
@@ -83,9 +85,14 @@ def event_object(row: models.JobEvent) -> schemas.JobEvent:
     )
 
 
-def checkpoint_object(row: models.Checkpoint) -> schemas.Checkpoint:
+def checkpoint_object(row: models.Checkpoint, best_step: int | None = None) -> schemas.Checkpoint:
     return schemas.Checkpoint(
-        id=row.id, job_id=row.job_id, step=row.step, created_at=int(row.created_at), metrics=row.metrics
+        id=row.id,
+        job_id=row.job_id,
+        step=row.step,
+        created_at=int(row.created_at),
+        metrics=row.metrics,
+        best=best_step is not None and row.step == best_step,
     )
 
 

@@ -95,6 +95,14 @@ class FineTuneJob(BaseModel):
     hyperparameters: dict[str, Any] = Field(description="The resolved TrainingSpec; secrets are never shown.")
     progress: JobProgress
     latest_metrics: dict[str, Any] | None = None
+    eval_metrics: dict[str, Any] | None = Field(
+        default=None,
+        description="The latest evaluation on the validation data (loss, rewards/accuracies, rewards/margins, "
+        "preference_accuracy, ...).",
+    )
+    best_checkpoint_step: int | None = Field(
+        default=None, description="Step of the checkpoint with the lowest validation loss (artifact=best)."
+    )
     output_name: str | None = Field(default=None, description="ft:<base>:<suffix>:<job id> once completed.")
     error: JobError | None = None
     attempts: int = 0
@@ -125,6 +133,7 @@ class Checkpoint(BaseModel):
     step: int
     created_at: int
     metrics: dict[str, Any] | None = None
+    best: bool = Field(default=False, description="The checkpoint with the lowest validation loss.")
 
 
 # --- keys -----------------------------------------------------------------------------------

@@ -122,8 +122,14 @@ export function render(main, { params: [id] }) {
   const events = h("ol.events", { "aria-label": "Event log" });
   const checkpoints = h("div", h("p.muted", "None yet."));
   const hyper = h("div");
+  const evaluation = h("div", h("p.muted", "Loading…"));
+  const curves = h("div", { "data-testid": "curves" }, h("p.muted", "The curves picture appears when the job ends."));
+  let curvesShown = false;
   main.append(h("p", h("a", { href: "#/jobs" }, "← Jobs")), header, errorSlot,
     h("section", { "aria-label": "Charts" }, h("h2", "Metrics"), chartGrid),
+    h("div.grid2",
+      h("section.panel", { "aria-label": "Held-out evaluation" }, h("h2", { style: "margin-top:0" }, "Held-out evaluation"), evaluation),
+      h("section.panel", { "aria-label": "Curves" }, h("h2", { style: "margin-top:0" }, "Curves (curves.png)"), curves)),
     h("div.grid2",
       h("section.panel", { "aria-label": "Events" }, h("h2", { style: "margin-top:0" }, "Events"), events),
       h("section.panel", { "aria-label": "Checkpoints" }, h("h2", { style: "margin-top:0" }, "Checkpoints and outputs"), checkpoints)),
@@ -176,6 +182,8 @@ export function render(main, { params: [id] }) {
     drawEvents(eventList);
     drawCheckpoints(j, listOf(cks));
     drawHyper(j.hyperparameters || {});
+    drawEvaluation(j);
+    if (!active && !curvesShown) showCurves();
   }, {
     interval: 2000,
     keepGoing: () => active,
@@ -243,15 +251,41 @@ export function render(main, { params: [id] }) {
       return h("a.button", { href: `#/jobs/new?${q}` }, "Continue from here");
     };
     const rows = list.map((c) => h("tr",
-      h("td", `step ${c.step}`), h("td.hide-narrow", fmtTime(c.created_at)),
+      h("td", `step ${c.step}`, c.best ? h("strong", " (best)") : null), h("td.hide-narrow", fmtTime(c.created_at)),
       h("td", h("div.row", get("checkpoint", c.step, `Download step ${c.step}`), cont(c.step)))));
     const outputs = done ? h("div.row", { style: "margin-bottom:10px" },
       hp.lora === false ? get("model", undefined, "Download model") : get("adapter", undefined, "Download adapter"),
       hp.merge ? get("merged", undefined, "Download merged model") : null,
+      j.best_checkpoint_step != null ? get("best", undefined, `Download best (step ${j.best_checkpoint_step})`) : null,
       cont(undefined)) : null;
     checkpoints.replaceChildren(outputs || "",
       rows.length ? h("table", h("thead", h("tr", h("th", "Checkpoint"), h("th.hide-narrow", "Saved"), h("th", h("span.muted", "Actions")))), h("tbody", rows))
         : h("p.muted", active ? "Checkpoints appear here as they are saved." : "No checkpoints were saved."));
+  }
+
+  function drawEvaluation(j) {
+    const m = j.eval_metrics;
+    if (!m) {
+      evaluation.replaceChildren(h("p.muted", "No evaluation yet. A job with a validation file (or validation_split) is evaluated n_evals times and at the end."));
+      return;
+    }
+    const rows = [["loss", "DPO loss"], ["rewards/accuracies", "Reward accuracy"], ["rewards/margins", "Reward margin"],
+      ["preference_accuracy", "Preference accuracy"], ["preference_accuracy_normalized", "Preference accuracy (per token)"]];
+    evaluation.replaceChildren(h("table", { "data-testid": "eval-metrics" }, h("tbody",
+      h("tr", h("th", "Step"), h("td.mono", String(m.step ?? "—"))),
+      ...rows.filter(([k]) => k in m).map(([k, label]) => h("tr", h("th", label), h("td.mono", fmtNum(m[k])))),
+      j.best_checkpoint_step != null ? h("tr", h("th", "Best checkpoint"), h("td.mono", `step ${j.best_checkpoint_step}`)) : null)));
+  }
+
+  async function showCurves() {
+    curvesShown = true;
+    try {
+      const response = await api(`${path}/curves.png`, { raw: true });
+      const url = URL.createObjectURL(await response.blob());
+      curves.replaceChildren(h("img", { src: url, alt: "Loss, reward accuracy and margin over the steps, train and eval", style: "max-width:100%" }));
+    } catch (err) {
+      curves.replaceChildren(h("p.muted", `No curves: ${err.message}`));
+    }
   }
 
   function drawHyper(hp) {
