@@ -94,10 +94,19 @@ def _train(
     resume: bool,
     **knobs: Any,
 ) -> None:
-    from preftune.config import Settings
+    from preftune.config import LaunchEnv, Settings
+    from preftune.training.distributed import Launch
     from preftune.training.trainer import train
 
     spec = collect_spec(config, knobs)
+    settings, env = Settings(), LaunchEnv()
+    launch = Launch(
+        rank=env.rank,
+        world_size=env.world_size,
+        local_rank=env.local_rank,
+        local_world_size=env.local_world_size,
+        collective_timeout_s=settings.collective_timeout_s,
+    )
     columns = (
         TextColumn("step"),
         MofNCompleteColumn(),
@@ -116,9 +125,11 @@ def _train(
                 training_file=training_file,
                 output_dir=output_dir,
                 validation_file=validation_file,
-                models_dir=Settings().models_dir,
+                models_dir=settings.models_dir,
                 resume=resume,
                 callbacks=display,
+                device=settings.device,
+                launch=launch,
             )
         finally:
             signal.signal(signal.SIGINT, previous)

@@ -85,6 +85,7 @@ def child_main(payload: dict[str, Any], queue: Any, stop_event: Any, parent_pid:
             models_dir=Path(payload["models_dir"]),
             resume=bool(payload.get("resume")),
             callbacks=ForwardingCallbacks(queue, stop_event, parent_pid),
+            device=payload.get("device", "auto"),
         )
         queue.put(
             (
