@@ -109,6 +109,7 @@ class LaunchEnv(BaseSettings):
     world_size: int = Field(default=1, ge=1)
     local_rank: int = Field(default=0, ge=0)
     local_world_size: int = Field(default=1, ge=1)
+    omp_num_threads: int | None = Field(default=None, description="OpenMP's threads, when the user set them.")
 
 
 def get_settings() -> Settings:

@@ -16,6 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 from helpers.distributed import spawn_train
+from preftune.training.distributed import Group, rank_passes, shard_step
+
+CPU = torch.device("cpu")
 
 KNOBS: dict[str, Any] = {
     "max_length": 48,
@@ -73,3 +76,25 @@ def test_two_processes_train_what_one_trains(
     # Rank 0 alone wrote the metrics: one line a step, not one per rank.
     assert len(_lines(runs[2])) == 3
     assert list((runs[2] / "checkpoints" / "step-3" / "dcp").glob("*.distcp"))
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_a_step_is_dealt_over_the_ranks_by_tokens(world: int) -> None:
+    gen = torch.Generator().manual_seed(world)
+    lengths = torch.randint(10, 300, (40,), generator=gen).tolist()
+    step = torch.randperm(40, generator=gen)[:13].tolist()
+    shares = shard_step(step, lengths, world)
+    assert shard_step(step, lengths, world) == shares  # deterministic
+    assert sorted(i for share in shares for i in share) == sorted(step)  # every pair once
+    for share in shares:  # each share in the step's order
+        assert share == [i for i in step if i in share]
+    tokens = [sum(lengths[i] for i in share) for share in shares]
+    assert max(tokens) - min(tokens) <= max(lengths[i] for i in step)
+    # Every rank runs as many passes; the padding ones repeat the step's shortest pair.
+    passes = [rank_passes(step, lengths, 2, 400, Group(rank, world, CPU)) for rank in range(world)]
+    assert len({len(p) for p, _ in passes}) == 1
+    shortest = min(step, key=lambda i: (lengths[i], i))
+    for (own, padding), share in zip(passes, shares, strict=True):
+        real = own[: len(own) - padding]
+        assert [i for p in real for i in p] == share
+        assert all(p == [shortest] for p in own[len(own) - padding :])
