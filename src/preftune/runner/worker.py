@@ -141,6 +141,7 @@ class Runner:
             "from_checkpoint_path": claimed.from_checkpoint_path,
             "resume": resume,
             "device": self.settings.device,
+            "resources": claimed.resources,
             "collective_timeout_s": self.settings.collective_timeout_s,
         }
 
