@@ -55,10 +55,11 @@ class Launch:
 class Group:
     """The processes of one run: rank, world size, and the few collectives the trainer needs."""
 
-    def __init__(self, rank: int, world_size: int, device: torch.device) -> None:
+    def __init__(self, rank: int, world_size: int, device: torch.device, owned: bool = False) -> None:
         self.rank = rank
         self.world_size = world_size
         self.device = device
+        self.owned = owned  # started by `start` (and so destroyed by `stop`), not by Ray
 
     @classmethod
     def single(cls, device: torch.device) -> Group:
@@ -114,12 +115,12 @@ def start(launch: Launch, device: torch.device) -> Group:
         rank=launch.rank,
         world_size=launch.world_size,
     )
-    return Group(dist.get_rank(), dist.get_world_size(), device)
+    return Group(dist.get_rank(), dist.get_world_size(), device, owned=True)
 
 
 def stop(group: Group) -> None:
-    """Leave the process group this module started (a no-op for world size 1)."""
-    if group.distributed and dist.is_initialized():
+    """Leave the process group this module started (a no-op for world size 1, or Ray's group)."""
+    if group.owned and dist.is_initialized():
         dist.destroy_process_group()
 
 
