@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from helpers.distributed import spawn_train
 from preftune.contracts.spec import TrainingSpec
 
+pytestmark = pytest.mark.slow  # a local Ray cluster: about 3 minutes on a loaded 2-core machine
 ray = pytest.importorskip("ray", reason="the ray extra (ray[train]) is not installed")
 
 KNOBS: dict[str, Any] = {
