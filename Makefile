@@ -35,9 +35,10 @@ fuzz: setup
 	PREFTUNE_FUZZ_EXAMPLES=$${PREFTUNE_FUZZ_EXAMPLES:-400} PREFTUNE_FUZZ_RANDOM=1 \
 		$(VENV)/bin/pytest tests/api/test_fuzz_openapi.py -q -s -p no:randomly
 
-# The inner loop: no Chromium, no PostgreSQL, no real 135M model (CI runs them all through `make test`).
+# The inner loop: no Chromium, no PostgreSQL, no real 135M model or long run (CI runs them all through
+# `make test`), one pytest worker per core: most of a test's time is a server or a child waiting.
 test-fast: setup
-	$(VENV)/bin/pytest -q -m "not browser and not postgres and not slow"
+	$(VENV)/bin/pytest -q -n $${PREFTUNE_TEST_WORKERS:-auto} -m "not browser and not postgres and not slow"
 
 # Refresh the README's screenshots: the browser tests write them to docs/screenshots instead of a temp dir.
 screenshots: setup

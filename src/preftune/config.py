@@ -9,14 +9,17 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     """Every knob of the service, with its default. Read once, passed around."""
 
-    model_config = SettingsConfigDict(env_prefix="PREFTUNE_", extra="ignore")
+    # validate_by_name: `Settings(**other.model_dump())` works for the fields read from AWS_* names too.
+    model_config = SettingsConfigDict(
+        env_prefix="PREFTUNE_", extra="ignore", validate_by_name=True, validate_by_alias=True
+    )
 
     home: Path = Field(
         default_factory=lambda: Path.home() / ".preftune",
@@ -68,6 +71,59 @@ class Settings(BaseSettings):
         default=None,
         description="Fernet key that encrypts stored secrets (W&B keys). Default: HOME/secret.key, made on "
         "first use. Set the same value on every server and worker that share a database.",
+    )
+
+    blob_url: str | None = Field(
+        default=None,
+        description="Where uploaded files and job artifacts live: s3://bucket/prefix (S3-compatible object "
+        "storage, with the AWS_* settings below) or file:///dir; default HOME/blobs on this machine.",
+    )
+    # The standard AWS variables, read here (the only module that reads the environment) and handed to
+    # the S3 client; unset ones fall back to botocore's own chain (~/.aws, an instance role).
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        description="AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL: the S3 endpoint (MinIO, R2, Ceph); unset: AWS.",
+    )
+    s3_region: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"),
+        description="AWS_REGION or AWS_DEFAULT_REGION.",
+    )
+    aws_access_key_id: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_ACCESS_KEY_ID")
+    )
+    aws_secret_access_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY")
+    )
+    aws_session_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_SESSION_TOKEN")
+    )
+    s3_addressing_style: str = Field(
+        default="auto", description="S3 addressing: auto, path (MinIO, most self-hosted stores) or virtual."
+    )
+    s3_max_attempts: int = Field(
+        default=6, ge=1, description="Attempts of one S3 request (transient errors retried with backoff)."
+    )
+    blob_part_bytes: int = Field(
+        default=16 * 1024**2,
+        ge=5 * 1024**2,
+        description="Part size of S3 multipart uploads (at least 5 MiB).",
+    )
+    blob_upload_concurrency: int = Field(
+        default=4, ge=1, le=64, description="Parts of one S3 multipart upload in flight at once."
+    )
+    blob_cache_bytes: int = Field(
+        default=20 * 1024**3,
+        ge=0,
+        description="With a remote blob store: bytes of blobs (training data) kept in HOME/blobs, least "
+        "recently used evicted first.",
+    )
+    stale_upload_seconds: float = Field(
+        default=6 * 3600.0,
+        ge=0,
+        description="A staged upload (or an open S3 multipart upload) untouched this long belongs to a "
+        "process that died; it is removed when a server starts.",
     )
 
     @property

@@ -7,6 +7,8 @@ written for a person: it says what is wrong and what to change.
 
 from __future__ import annotations
 
+import errno
+
 
 class PreftuneError(Exception):
     """Base class. `param` names the field, flag or parameter at fault, if any."""
@@ -67,3 +69,41 @@ class PayloadTooLargeError(InvalidRequestError):
 
 class TrainingError(PreftuneError):
     """The trainer failed for a reason that is not the user's input."""
+
+
+class InsufficientStorageError(PreftuneError):
+    """The disk is full (or over quota). Nothing was left half-written under a real name; the same
+    request (or the job's next attempt) succeeds once space is freed."""
+
+    status_code = 507
+    error_type = "server_error"
+
+
+# How a full disk reads in the messages of libraries that drop the errno (Rust's std::io, SQLite).
+_DISK_FULL_TEXT = (
+    "no space left on device",
+    "disk quota exceeded",
+    "os error 28",
+    "database or disk is full",
+)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when `exc`, or an exception it was raised from, says the disk is full (ENOSPC, EDQUOT)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(current).lower() for text in _DISK_FULL_TEXT):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+class StorageUnavailableError(PreftuneError):
+    """The blob store (an S3 endpoint) cannot be reached or refuses this server's credentials."""
+
+    status_code = 503
+    error_type = "storage_unavailable"

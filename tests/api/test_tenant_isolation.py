@@ -1,11 +1,14 @@
-"""Tenants never see each other, for every route of the app: generated from `app.routes`, so a
-route added later (another dialect, a new resource) is covered without anyone listing it.
+"""Tenants never see each other, for every route of the app: generated from `app.routes`
+(`helpers.routes.tenant_routes`: every route that needs a key), so a route added later (another
+dialect, a new resource) is covered without anyone listing it; tests/api/test_route_coverage.py
+fails for a route that is neither walked here nor listed as public with a reason.
 
 Alice owns a file, a completed job (events, metrics, a checkpoint, an adapter, a fine-tuned model),
 a queued job, a deployment and a second key. Bob, a separate owner, calls every route:
 - a route with an id in its path, filled with Alice's id, answers 404 with none of Alice's data;
 - a list route answers with none of Alice's ids, names or bytes (and a cursor of Alice's is a 404);
-- a create naming Alice's file or model is a 404 naming the parameter;
+- a create naming Alice's file or model is a 404 naming the parameter, and a create with Alice's
+  Idempotency-Key makes Bob's own resource (`helpers.routes.CREATES` lists what each create gets);
 - no key, an unknown key and a revoked key get 401 on every route that is not public;
 and Alice's resources are unchanged afterwards.
 """
@@ -18,11 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fastapi.routing
 import pytest
-from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
+from helpers.routes import CREATES, PUBLIC, tenant_routes
 from preftune.api.app import create_app
 from preftune.config import Settings
 from preftune.service import deployments as deployment_service
@@ -31,8 +33,6 @@ from preftune.service import jobs as job_service
 from preftune.service import keys as key_service
 from preftune.service import runs
 
-# Routes that answer without a key, by design.
-PUBLIC = {("GET", "/v1/fine-tunes/spec")}
 ALICE_BYTES = "alice-private-adapter-bytes"
 PAIR = (
     '{"input": {"messages": [{"role": "user", "content": "alice-secret-prompt"}]}, '
@@ -49,6 +49,7 @@ class Tenants:
     bob: str
     revoked: str
     ids: dict[str, str]
+    model_dir: Path
 
     def secrets(self) -> list[str]:
         return [*self.ids.values(), ALICE_BYTES, "alice-secret-prompt", "alice-pairs"]
@@ -97,10 +98,16 @@ def tenants(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Tenants]:
                 blobs=blobs,
                 filename="alice.jsonl",
                 name="alice-pairs",
+                idempotency_key="alice-upload-key",
             )
             assert file.status == "processed"
             done = job_service.create_job(
-                session, alice.id, model=str(tiny_model_dir), training_file=file.id, settings=settings
+                session,
+                alice.id,
+                model=str(tiny_model_dir),
+                training_file=file.id,
+                settings=settings,
+                idempotency_key="alice-job-key",
             )
             claimed = runs.claim_job(session, "r", settings, blobs)
             assert claimed is not None and claimed.job_id == done.id
@@ -140,30 +147,7 @@ def tenants(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Tenants]:
             "checkpoint": checkpoint.id,
             "event": f"ftevent-{event.seq}",
         }
-        yield Tenants(client, app, alice_key, bob_key, revoked_key, ids)
-
-
-def _routes(app: Any) -> list[tuple[str, str, list[str]]]:
-    """(method, full path, path parameters) of every API route the app serves."""
-    out = []
-    for path, route in _flat_routes(app):
-        if not isinstance(route, APIRoute) or not path.startswith("/v1"):
-            continue
-        params = re.findall(r"\{(\w+)(?::\w+)?\}", path)
-        for method in sorted(route.methods - {"HEAD", "OPTIONS"}):
-            out.append((method, path, params))
-    return out
-
-
-def _flat_routes(app: Any) -> Iterator[tuple[str, Any]]:
-    # FastAPI >= 0.16x keeps included routers unflattened in app.routes; its iterator gives full paths.
-    iterate = getattr(fastapi.routing, "iter_route_contexts", None)
-    if iterate is None:
-        for route in app.routes:
-            yield getattr(route, "path", ""), route
-        return
-    for context in iterate(app.routes):
-        yield context.path or "", context.original_route
+        yield Tenants(client, app, alice_key, bob_key, revoked_key, ids, tiny_model_dir)
 
 
 def _fill(path: str, ids: dict[str, str]) -> str:
@@ -179,9 +163,8 @@ def test_another_owner_gets_404_and_none_of_the_data_on_every_route(tenants: Ten
     http, ids = tenants.client, tenants.ids
     bob = {"Authorization": f"Bearer {tenants.bob}"}
     checked_id, checked_list = [], []
-    for method, path, params in _routes(tenants.app):
-        if (method, path) in PUBLIC:
-            continue
+    for route in tenant_routes(tenants.app):
+        method, path, params = route.method, route.path, route.params
         url = _fill(path, ids)
         if params:
             response = http.request(method, url, headers=bob, json={} if method == "POST" else None)
@@ -203,6 +186,7 @@ def test_another_owner_gets_404_and_none_of_the_data_on_every_route(tenants: Ten
     assert len(checked_id) >= 18 and len(checked_list) >= 6
 
     # Creates that name Alice's resources in the body.
+    creates_checked = set()
     for path, body, param in (
         ("/v1/fine-tunes", {"training_file": ids["file"], "model": "x"}, "training_file"),
         ("/v1/fine-tunes", {"training_file": "alice-pairs", "model": "x"}, "training_file"),
@@ -218,6 +202,36 @@ def test_another_owner_gets_404_and_none_of_the_data_on_every_route(tenants: Ten
         assert response.status_code == 404, (path, response.text)
         assert response.json()["error"]["param"] == param, (path, response.text)
         assert not _leaks(response.text, tenants.secrets(), str(body)), (path, response.text)
+        creates_checked.add(("POST", path))
+
+    # Alice's Idempotency-Keys are hers: Bob sending them gets his own new resources, never hers.
+    upload = http.post(
+        "/v1/files",
+        files={"file": ("bob.jsonl", PAIR.encode() * 4)},
+        headers={**bob, "Idempotency-Key": "alice-upload-key"},
+    )
+    assert upload.status_code == 200 and upload.json()["id"] != ids["file"], upload.text
+    assert not _leaks(upload.text, tenants.secrets(), ""), upload.text
+    job = http.post(
+        "/v1/fine-tunes",
+        json={"training_file": upload.json()["id"], "model": str(tenants.model_dir)},
+        headers={**bob, "Idempotency-Key": "alice-job-key"},
+    )
+    assert job.status_code == 200 and job.json()["id"] != ids["job"], job.text
+    assert not _leaks(job.text, tenants.secrets(), ""), job.text
+    creates_checked |= {("POST", "/v1/files"), ("POST", "/v1/fine-tunes")}
+    # A key Bob makes is his own owner's; a new owner needs an admin key.
+    made = http.post("/v1/keys", json={"name": "bob-2"}, headers=bob)
+    assert made.status_code == 200, made.text
+    own = http.get("/v1/files", headers={"Authorization": f"Bearer {made.json()['key']}"}).json()["data"]
+    assert [f["id"] for f in own] == [upload.json()["id"]]
+    refused = http.post("/v1/keys", json={"name": "x", "new_owner": True}, headers=bob)
+    assert refused.status_code == 403 and refused.json()["error"]["param"] == "new_owner", refused.text
+    creates_checked.add(("POST", "/v1/keys"))
+    # Every create of the route table was sent another owner's resources (helpers.routes.CREATES).
+    assert (
+        creates_checked == {r.key for r in tenant_routes(tenants.app) if r.kind == "create"} == set(CREATES)
+    )
 
     # Nothing Bob did touched Alice's resources.
     alice = {"Authorization": f"Bearer {tenants.alice}"}
@@ -230,7 +244,8 @@ def test_another_owner_gets_404_and_none_of_the_data_on_every_route(tenants: Ten
 def test_no_key_an_unknown_key_or_a_revoked_key_is_401_on_every_route(tenants: Tenants) -> None:
     http = tenants.client
     checked = 0
-    for method, path, _ in _routes(tenants.app):
+    for route in tenant_routes(tenants.app):
+        method, path = route.method, route.path
         url = _fill(path, tenants.ids)
         for headers in (
             {},
@@ -239,11 +254,12 @@ def test_no_key_an_unknown_key_or_a_revoked_key_is_401_on_every_route(tenants: T
             {"Authorization": "Basic YWxpY2U6c2VjcmV0"},
         ):
             response = http.request(method, url, headers=headers, json={} if method == "POST" else None)
-            if (method, path) in PUBLIC:
-                assert response.status_code == 200, (method, path)
-                continue
             assert response.status_code == 401, (method, path, headers, response.text)
             assert response.json()["error"]["type"] == "authentication_error"
             assert not _leaks(response.text, tenants.secrets(), ""), (method, path)
         checked += 1
     assert checked >= 30
+    # The public routes answer anyone (helpers.routes.PUBLIC says why each may).
+    for method, path in PUBLIC:
+        if "{" not in path:
+            assert http.request(method, path).status_code == 200, (method, path)

@@ -1,7 +1,8 @@
 """SIGKILL of the API server in the middle of uploads and job creates, then a restart:
 nothing acknowledged is lost, no blob sits under its real name with other bytes, and the clients'
 retries of their creates (same Idempotency-Key) give exactly one resource per key, whether or not
-the first attempt was acknowledged before the kill."""
+the first attempt was acknowledged before the kill. The creates go through both dialects' create
+routes: the native `/v1/fine-tunes` and the OpenAI-compatible `/v1/fine_tuning/jobs`."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from helpers.postgres import create_database
 pytestmark = pytest.mark.e2e
 
 UPLOADERS = 3
-CREATORS = 3
+CREATORS = 4  # even workers create through the native route, odd ones through the OpenAI-compatible one
 RUN_SECONDS = 4.0
 
 
@@ -36,6 +37,15 @@ def _nonce(idem: str) -> bytes:
         "non_preferred_output": [{"role": "assistant", "content": "I do not know."}],
     }
     return (json.dumps(pair) + "\n").encode()
+
+
+def _create_request(idem: str, training_file: str, model: str) -> tuple[str, dict[str, Any]]:
+    """The route and body of the create that key `job-<worker>-<i>` stands for (the same on every retry)."""
+    _, worker, i = idem.split("-")
+    if int(worker) % 2 == 0:
+        return "/v1/fine-tunes", {"training_file": training_file, "model": model, "seed": int(i)}
+    body = {"training_file": training_file, "model": model, "seed": int(i), "method": {"type": "dpo"}}
+    return "/v1/fine_tuning/jobs", body
 
 
 def _hammer(
@@ -80,12 +90,9 @@ def _hammer(
                 idem = f"job-{worker}-{i}"
                 with lock:
                     tried_jobs.add(idem)
+                route, body = _create_request(idem, training_file, model)
                 try:
-                    r = http.post(
-                        "/v1/fine-tunes",
-                        json={"training_file": training_file, "model": model, "seed": i},
-                        headers={"Idempotency-Key": idem},
-                    )
+                    r = http.post(route, json=body, headers={"Idempotency-Key": idem})
                 except httpx.HTTPError:
                     return
                 if r.status_code == 200:
@@ -129,8 +136,13 @@ def test_sigkill_mid_upload_and_create_loses_nothing_acknowledged(
     stop.set()
     for thread in set(threading.enumerate()) - before:
         thread.join(timeout=60)
-    print(f"acknowledged before SIGKILL: {len(acked_files)} uploads, {len(acked_jobs)} creates")
+    openai_acked = [idem for idem in acked_jobs if _create_request(idem, "", "")[0] == "/v1/fine_tuning/jobs"]
+    print(
+        f"acknowledged before SIGKILL: {len(acked_files)} uploads, {len(acked_jobs)} creates "
+        f"({len(openai_acked)} through the OpenAI-compatible route)"
+    )
     assert acked_files and acked_jobs, "nothing was acknowledged before the kill; the test proves nothing"
+    assert 0 < len(openai_acked) < len(acked_jobs), "both create routes must be acknowledged before the kill"
 
     fresh_server.restart()
     blobs = fresh_server.home / "blobs"
@@ -149,6 +161,11 @@ def test_sigkill_mid_upload_and_create_loses_nothing_acknowledged(
         for idem, job_id in acked_jobs.items():
             got = http.get(f"/v1/fine-tunes/{job_id}")
             assert got.status_code == 200 and got.json()["status"] == "queued", (idem, got.text)
+            if idem in openai_acked:
+                got = http.get(f"/v1/fine_tuning/jobs/{job_id}")
+                assert got.status_code == 200 and got.json()["status"] in ("queued", "validating_files"), (
+                    got.text
+                )
 
         # Every client retries its creates after the restart, acknowledged or not.
         for idem in sorted(tried_files):
@@ -158,15 +175,11 @@ def test_sigkill_mid_upload_and_create_loses_nothing_acknowledged(
             if idem in acked_files:
                 assert r.json()["id"] == acked_files[idem]
         for idem in sorted(tried_jobs):
-            i = int(idem.split("-")[2])
-            r = http.post(
-                "/v1/fine-tunes",
-                json={"training_file": seed["id"], "model": str(tiny_model_dir), "seed": i},
-                headers={"Idempotency-Key": idem},
-            )
-            assert r.status_code == 200, r.text
+            route, body = _create_request(idem, seed["id"], str(tiny_model_dir))
+            r = http.post(route, json=body, headers={"Idempotency-Key": idem})
+            assert r.status_code == 200, (route, r.text)
             if idem in acked_jobs:
-                assert r.json()["id"] == acked_jobs[idem]
+                assert r.json()["id"] == acked_jobs[idem], route
 
         files = http.get("/v1/files", params={"limit": 1000}).json()["data"]
         jobs = http.get("/v1/fine-tunes", params={"limit": 1000}).json()["data"]

@@ -9,6 +9,7 @@ missing infrastructure. tests/README.md is the guide; in short:
 - `helpers.models`: `build_tiny`, `build_lively`, `install_base_model(home, model_dir)`.
 - `helpers.data`: `SHARED_DATA`, `ORCA`, `require_shared(relative)`, `first_lines`, `read_rows`, `write_rows`.
 - `helpers.postgres`: `require_postgres()`, `cluster(binaries)`, `create_database(base_url)`.
+- `helpers.faults`: `small_disk(path, size)` (a size-limited tmpfs; skip locally, fail in CI without mount), `fill_disk(path, leave)`.
 - `helpers.browser`: `CHROMIUM`, `require_chromium()`, `screenshots_dir(default)`.
 - `helpers.fixtures`: the fixtures tests/conftest.py registers for every directory (`preftune_home`,
   `tiny_model_dir`, `lively_model_dir`, `shared_data`, `orca_path`, `postgres_server`, `start_server`).

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import models, postgres
+from helpers import models, postgres, s3
 from helpers.data import ORCA_FILE, require_shared
 from helpers.server import ServeProcess
 
@@ -21,7 +21,7 @@ def preftune_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("PREFTUNE_HOME", str(home))
-    for var in ("PREFTUNE_API_KEY", "PREFTUNE_BASE_URL", "PREFTUNE_DATABASE_URL"):
+    for var in ("PREFTUNE_API_KEY", "PREFTUNE_BASE_URL", "PREFTUNE_DATABASE_URL", "PREFTUNE_BLOB_URL"):
         monkeypatch.delenv(var, raising=False)
     return home
 
@@ -56,6 +56,19 @@ def postgres_server() -> Iterator[str]:
     (add a database with `helpers.postgres.create_database`)."""
     with postgres.cluster(postgres.require_postgres()) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's standalone S3 server for the session; yields its endpoint URL (see `helpers.s3`)."""
+    with s3.moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str) -> str:
+    """A new, empty bucket on `s3_server` (`helpers.s3.s3_env(s3_server, bucket)` points a server at it)."""
+    return s3.create_bucket(s3_server)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from helpers.ports import free_port
 # A busy shared 2-core machine can take minutes to import torch and migrate the database.
 STARTUP_TIMEOUT = 300.0
 # Settings of the test process's own user that must not leak into a server or CLI a test starts.
-_CALLER_VARS = ("PREFTUNE_API_KEY", "PREFTUNE_BASE_URL", "PREFTUNE_DATABASE_URL")
+_CALLER_VARS = ("PREFTUNE_API_KEY", "PREFTUNE_BASE_URL", "PREFTUNE_DATABASE_URL", "PREFTUNE_BLOB_URL")
 
 
 def child_env(home: Path, **extra: str) -> dict[str, str]:

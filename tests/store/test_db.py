@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import inspect, text
 
 from preftune.store.db import Database
@@ -70,3 +73,34 @@ def test_processes_starting_together_migrate_once(tmp_path: Path) -> None:
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
     db.dispose()
+
+
+@pytest.mark.postgres
+def test_advisory_lock_spans_connections_and_guards_blob_references(
+    postgres_server: str, tmp_path: Path
+) -> None:
+    """The blob store's `references()` lock on PostgreSQL: held by one holder at a time across
+    connections (so across machines), released when the block ends."""
+    from helpers.postgres import create_database
+    from preftune.store.blobs import BlobStore
+
+    first = Database(create_database(postgres_server))
+    second = Database(first.url)
+    store = BlobStore(tmp_path / "blobs", lock=second.advisory_lock)
+    order: list[str] = []
+    try:
+        with first.advisory_lock():
+            waiter = threading.Thread(target=lambda: _hold(store, order))
+            waiter.start()
+            time.sleep(1.0)
+            order.append("first releases")
+        waiter.join(30)
+        assert order == ["first releases", "second holds"]
+    finally:
+        first.dispose()
+        second.dispose()
+
+
+def _hold(store: object, order: list[str]) -> None:
+    with store.references():  # type: ignore[attr-defined]
+        order.append("second holds")

@@ -43,6 +43,8 @@ def losses(out: Path) -> dict[int, float]:
     return {line["step"]: line["loss"] for line in lines if line["split"] == "train"}
 
 
+# A 24-step run, a CLI child and a resumed child: a long run, so `make test-fast` leaves it to CI.
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(
     tiny_model_dir: Path, pairs_file: Path, tmp_path: Path
 ) -> None:

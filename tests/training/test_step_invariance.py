@@ -74,7 +74,14 @@ def _cut_step(
     return {"passes": len(passes), "loss": totals.loss, "metrics": totals.mean_metrics(), "grads": grads}
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+# Full fine-tuning holds a gradient for every weight, five cuts over: the slowest case, kept out of
+# `make test-fast` (CI runs it).
+SLOW = {"sigmoid, full fine-tuning"}
+
+
+@pytest.mark.parametrize(
+    "method", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW else m for m in METHODS]
+)
 def test_a_step_does_not_depend_on_how_it_is_cut(
     method: str, lively_model_dir: Path, pairs_file: Path, sft_file: Path, tmp_path: Path
 ) -> None:

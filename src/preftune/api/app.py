@@ -19,11 +19,11 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from preftune import __version__
-from preftune.api.errors import install_error_handlers
+from preftune.api.errors import document_storage, install_error_handlers
 from preftune.api.limits import document_limits, install_limits
 from preftune.api.schemas import ErrorResponse
 from preftune.config import Settings
-from preftune.store.blobs import BlobStore
+from preftune.service.bootstrap import open_blobs
 from preftune.store.db import open_database
 
 log = logging.getLogger("preftune.api")
@@ -59,8 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.home.mkdir(parents=True, exist_ok=True)
         app.state.db = open_database(settings)
-        app.state.blobs = BlobStore(settings.blobs_dir)
-        if swept := app.state.blobs.sweep_staged():
+        app.state.blobs = open_blobs(settings, app.state.db)
+        if swept := app.state.blobs.sweep_staged(settings.stale_upload_seconds):
             log.info("removed %d staged upload(s) left by a process that died mid-upload", swept)
         started = []
         try:
@@ -125,5 +125,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                 if code[0] in "45" and "content" not in response:
                     response.update(error_ref)
     document_limits(schema, error_ref)
+    document_storage(schema, error_ref)
     app.openapi_schema = schema
     return schema

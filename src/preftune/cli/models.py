@@ -136,9 +136,25 @@ def import_command(
     ) as progress:
         progress.add_task(f"Importing {name} into {settings.models_dir}", total=None)
         path, imported = import_model(name, settings.models_dir, as_name)
+    published = _publish(settings, path)
     if json_output:
-        print_json({"name": path.name, "path": str(path), "imported": imported})
+        result: dict[str, object] = {"name": path.name, "path": str(path), "imported": imported}
+        if settings.blob_url and settings.blob_url.startswith("s3://"):
+            result["published"] = published  # uploaded to the bucket just now
+        print_json(result)
     elif imported:
         console.print(f"[green]Imported[/] {path.name} to {path}", highlight=False)
     else:
         console.print(f"{path.name} is already imported at {path}", highlight=False)
+    if published:
+        console.print(
+            f"Uploaded {path.name} to the blob store, for runners on other machines", highlight=False
+        )
+
+
+def _publish(settings: Settings, path: Path) -> bool:
+    """With a remote blob store (PREFTUNE_BLOB_URL=s3://...), put an imported directory model in the
+    bucket so that `preftune runner` on any machine can fetch it by name."""
+    from preftune.service.artifacts import publish_imported_model
+
+    return publish_imported_model(settings, path.name, path)

@@ -17,6 +17,8 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from preftune.cli.common import handle_errors
+
 console = Console(stderr=True)
 
 # How long runners get to stop their jobs and requeue them after the server stops.
@@ -72,6 +74,7 @@ def _stop_runners(processes: list[Any]) -> None:
             process.join()
 
 
+@handle_errors
 def serve(
     host: str | None = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
     port: int | None = typer.Option(None, "--port", help="Port to listen on (default 8600)."),
@@ -106,6 +109,7 @@ def serve(
         _stop_runners(runners)
 
 
+@handle_errors
 def worker(
     runner_id: str | None = typer.Option(None, "--id", help="A name for this runner (default host:pid)."),
 ) -> None:
@@ -124,6 +128,31 @@ def worker(
         runner.db.dispose()
 
 
+@handle_errors
+def runner(
+    runner_id: str | None = typer.Option(None, "--id", help="A name for this runner (default host:pid)."),
+) -> None:
+    """Run one job runner, no API, on this machine: it shares only the database (PREFTUNE_DATABASE_URL)
+    and the blob store (PREFTUNE_BLOB_URL) with the servers and the other runners."""
+    from preftune.runner.worker import Runner
+    from preftune.service.bootstrap import bootstrap_runner
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings()
+    db, blobs = bootstrap_runner(settings)  # a wrong endpoint or key stops the runner now, named
+    try:
+        job_runner = Runner(settings, runner_id=runner_id, db=db, blobs=blobs)
+        job_runner.install_signal_handlers()
+        where = db.engine.url.render_as_string(hide_password=True)
+        console.print(
+            f"runner {job_runner.runner_id} waiting for jobs (database {where}; blobs {blobs.describe()})"
+        )
+        job_runner.run_forever()
+    finally:
+        db.dispose()
+
+
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
+    app.command("runner")(runner)
     app.command("worker")(worker)

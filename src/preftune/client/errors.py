@@ -52,6 +52,7 @@ _BY_STATUS: dict[int, type[errors.PreftuneError]] = {
     413: errors.PayloadTooLargeError,
     422: errors.InvalidRequestError,
     429: RateLimitError,
+    507: errors.InsufficientStorageError,
 }
 
 

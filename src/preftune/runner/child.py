@@ -8,6 +8,7 @@ It stops when the runner sets the stop event (a cancel or a shutdown) or when th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import traceback
@@ -23,13 +24,21 @@ LOG_FILE = "train.log"
 
 
 def _log_to(path: Path) -> None:
-    """Point file descriptors 1 and 2 at the job's log (appending: attempts follow one another)."""
+    """Point file descriptors 1 and 2 at the job's log (appending: attempts follow one another).
+
+    The log is a help, not the job: on a full disk its writes fail, and the attempt goes on (it fails
+    at its first real write, with an error that says the disk is full, not at a log line)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
-    print(f"--- attempt started, pid {os.getpid()} ---", flush=True)
+    _say(f"--- attempt started, pid {os.getpid()} ---")
+
+
+def _say(line: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        print(line, flush=True)
 
 
 class ForwardingCallbacks(TrainCallbacks):
@@ -85,13 +94,13 @@ def child_main(payload: dict[str, Any], queue: Any, stop_event: Any, parent_pid:
     """
     # Ctrl-C reaches the whole process group; the runner decides how this child stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _log_to(Path(payload["output_dir"]) / LOG_FILE)
     try:
+        _log_to(Path(payload["output_dir"]) / LOG_FILE)
         resources = dict(payload.get("resources") or {})
         if int(resources.get("nodes", 1)) > 1:
             raise TrainingSpecError(
                 "resources.nodes > 1: the local runner trains on its own node only; run multi-node jobs "
-                "with torchrun (preftune train --nnodes) or on a Ray cluster (preftune ray-train)",
+                "with torchrun (preftune train --nnodes) or on a Ray cluster (preftune.training.ray_launch)",
                 param="resources.nodes",
             )
         processes = int(resources.get("processes_per_node", 1))
@@ -100,7 +109,8 @@ def child_main(payload: dict[str, Any], queue: Any, stop_event: Any, parent_pid:
         else:
             _train_rank(payload, queue, ForwardingCallbacks(queue, stop_event, parent_pid), None)
     except BaseException as exc:  # every failure must reach the runner as a message
-        traceback.print_exc()
+        with contextlib.suppress(OSError, ValueError):  # the log may sit on a full disk
+            traceback.print_exc()
         queue.put(("error", error_payload(exc)))
     finally:
         queue.close()

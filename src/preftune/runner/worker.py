@@ -24,7 +24,8 @@ from typing import Any
 
 from preftune.config import Settings
 from preftune.runner.child import LOG_FILE, child_main
-from preftune.service import runs
+from preftune.service import artifacts, runs
+from preftune.service.bootstrap import open_blobs
 from preftune.service.events import EventType
 from preftune.store.blobs import BlobStore
 from preftune.store.db import Database, open_database
@@ -62,12 +63,13 @@ class Runner:
         *,
         runner_id: str | None = None,
         db: Database | None = None,
+        blobs: BlobStore | None = None,
         idle_poll_seconds: float = IDLE_POLL_SECONDS,
     ) -> None:
         self.settings = settings
         self.runner_id = runner_id or default_runner_id()
         self.db = db or open_database(settings)
-        self.blobs = BlobStore(settings.blobs_dir)
+        self.blobs = blobs or open_blobs(settings, self.db)
         self.idle_poll_seconds = idle_poll_seconds
         self._stopping = threading.Event()
         self._mp = mp.get_context("spawn")
@@ -255,6 +257,10 @@ class Runner:
         if event_type not in EventType.__members__:
             log.warning("job %s: ignoring unknown trainer event %s", job_id, event_type)
             return None
+        if event_type == EventType.CHECKPOINT_SAVE and "step" in data and data.get("path"):
+            # In the bucket before its row exists: a recorded checkpoint is one any machine can resume from.
+            with runs.keep_lease(self.db.sessionmaker, job_id, token, self.settings):
+                artifacts.publish_checkpoint(self.blobs, job_id, Path(str(data["path"])))
         with self.db.session() as session:
             if event_type == EventType.CHECKPOINT_SAVE and "step" in data and data.get("path"):
                 runs.record_checkpoint(
@@ -275,8 +281,18 @@ class Runner:
         last_checkpoint: int | None,
     ) -> AttemptOutcome:
         job_id, token = claimed.job_id, claimed.claim_token
+        completed = outcome is not None and outcome[0] == "result" and outcome[1]["status"] == "completed"
+        if completed:
+            # The outputs reach the bucket before the job is completed: a completed job's artifacts exist.
+            with runs.keep_lease(self.db.sessionmaker, job_id, token, self.settings):
+                artifacts.publish_outputs(self.blobs, job_id, claimed.output_dir)
+        else:
+            try:
+                artifacts.publish_log(self.blobs, job_id, claimed.output_dir)
+            except Exception:  # the log is for reading; its upload failing must not change the outcome
+                log.exception("job %s: could not upload the training log", job_id)
         with self.db.session() as session:
-            if outcome is not None and outcome[0] == "result" and outcome[1]["status"] == "completed":
+            if completed and outcome is not None:
                 result = outcome[1]
                 from preftune.contracts.base_models import resolve_model
 

@@ -142,6 +142,7 @@ def _create(
         request_hash=fingerprint,
     )
     session.add(record)
+    blobs.prepare(blob)  # a remote store uploads here, before the lock every machine shares
     with blobs.references():
         # Placed before the row commits: a crash in between leaves an unused blob, never a file
         # without its bytes. Under the lock, no delete can run between the two.
@@ -264,15 +265,27 @@ def _cached_token_stats(path: str, model: str, max_length: int, models_dir: str)
 
 
 def content_path(session: Session, owner_id: str, file_id: str, blobs: BlobStore) -> Path:
-    """Where the file's bytes are on disk (for streaming a download)."""
+    """The file's bytes as a file on this machine (a remote store fetches them into its cache)."""
     record = get_file(session, owner_id, file_id)
-    path = blobs.path(record.sha256)
-    if not path.is_file():
+    try:
+        return blobs.fetch(record.sha256)
+    except NotFoundError:
         raise NotFoundError(
-            f"the content of file {file_id} is missing from the blob store ({path})",
+            f"the content of file {file_id} is missing from the blob store ({blobs.describe()})",
             code="file_content_missing",
-        )
-    return path
+        ) from None
+
+
+def content_size(session: Session, owner_id: str, file_id: str, blobs: BlobStore) -> int:
+    """The size of the file's bytes in the blob store (for streaming a download from it)."""
+    record = get_file(session, owner_id, file_id)
+    try:
+        return blobs.size(record.sha256)
+    except NotFoundError:
+        raise NotFoundError(
+            f"the content of file {file_id} is missing from the blob store ({blobs.describe()})",
+            code="file_content_missing",
+        ) from None
 
 
 def delete_file(session: Session, owner_id: str, file_id: str, blobs: BlobStore) -> File:
@@ -303,8 +316,9 @@ def delete_file(session: Session, owner_id: str, file_id: str, blobs: BlobStore)
 
 
 def file_blob_path(session: Session, file_id: str, blobs: BlobStore) -> Path:
-    """The runner's view: the blob of a file by id, whoever owns it (the job's owner was checked at creation)."""
+    """The runner's view: the blob of a file by id, whoever owns it (the job's owner was checked at creation),
+    as a file on this machine (a remote store fetches it into the local cache, checked by sha256)."""
     record = session.get(File, file_id)
     if record is None:
         raise NotFoundError(f"file {file_id} not found", code="file_not_found")
-    return blobs.path(record.sha256)
+    return blobs.fetch(record.sha256)

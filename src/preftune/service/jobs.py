@@ -22,13 +22,14 @@ from preftune.errors import (
     InvalidRequestError,
     NotFoundError,
 )
-from preftune.service import idempotency
+from preftune.service import artifacts, idempotency
 from preftune.service.common import Page, check_limit, new_id, now
 from preftune.service.events import EventType, add_event
 from preftune.service.files import get_file
 from preftune.service.models import FT_PREFIX, resolve_for_owner
 from preftune.service.secrets import encrypt_secret
 from preftune.service.states import JobStatus, check_transition, is_terminal
+from preftune.store.blobs import BlobStore
 from preftune.store.models import Checkpoint, File, Job, JobEvent, JobMetric
 
 JOB_ID_PREFIX = "ftjob"
@@ -126,12 +127,19 @@ def _check_data_file(record: File, spec: TrainingSpec, param: str) -> None:
         )
 
 
-def resolve_checkpoint_ref(session: Session, owner_id: str, ref: str, settings: Settings) -> Path:
+def resolve_checkpoint_ref(
+    session: Session, owner_id: str, ref: str, settings: Settings, blobs: BlobStore | None = None
+) -> Path:
     """`JOB_ID[:STEP]` of one of the owner's jobs -> the directory to start from.
 
     Without a step: the job's final output (`adapter/` or `model/`) if it completed, else its latest
-    checkpoint. With a step: that checkpoint.
+    checkpoint. With a step: that checkpoint. With a remote `blobs`, the directory is this machine's
+    copy of the store's (the runner that trains fetches its own).
     """
+
+    def here(path: Path | str) -> Path:
+        return artifacts.local_artifact(settings, blobs, path) if blobs is not None else Path(path)
+
     match = CHECKPOINT_REF_RE.match(ref)
     if match is None:
         raise InvalidRequestError(
@@ -147,20 +155,20 @@ def resolve_checkpoint_ref(session: Session, owner_id: str, ref: str, settings: 
         ckpt = session.scalar(
             select(Checkpoint).where(Checkpoint.job_id == source_id, Checkpoint.step == int(step))
         )
-        if ckpt is None or not Path(ckpt.path).is_dir():
+        if ckpt is None or not here(ckpt.path).is_dir():
             steps = ", ".join(str(c.step) for c in _checkpoints(session, source_id)) or "none"
             raise NotFoundError(
                 f"from_checkpoint: job {source_id} has no checkpoint at step {step} (available: {steps})",
                 param="from_checkpoint",
             )
-        return Path(ckpt.path)
+        return here(ckpt.path)
     out = job_dir(settings, source_id)
     for name in ("adapter", "model"):
-        if source.status == JobStatus.COMPLETED and (out / name).is_dir():
+        if source.status == JobStatus.COMPLETED and here(out / name).is_dir():
             return out / name
     latest = _checkpoints(session, source_id)
-    if latest and Path(latest[-1].path).is_dir():
-        return Path(latest[-1].path)
+    if latest and here(latest[-1].path).is_dir():
+        return here(latest[-1].path)
     raise NotFoundError(
         f"from_checkpoint: job {source_id} has no output or checkpoint yet (status {source.status})",
         param="from_checkpoint",
@@ -178,6 +186,7 @@ def create_job(
     params: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
     resources: dict[str, Any] | None = None,
+    blobs: BlobStore | None = None,
 ) -> Job:
     """Validate a job request and queue it. Nothing is queued when anything is wrong.
 
@@ -209,7 +218,9 @@ def create_job(
         raise InvalidRequestError("model is required", param="model")
     checkpoint_path = None
     if spec.from_checkpoint is not None:
-        checkpoint_path = str(resolve_checkpoint_ref(session, owner_id, spec.from_checkpoint, settings))
+        checkpoint_path = str(
+            resolve_checkpoint_ref(session, owner_id, spec.from_checkpoint, settings, blobs)
+        )
     if model.startswith(FT_PREFIX):
         # Training on from a fine-tuned model (as the hosted services allow): its base model, its weights.
         tuned = resolve_for_owner(session, owner_id, model)
@@ -439,21 +450,27 @@ def artifact_path(
     *,
     artifact: Artifact = "adapter",
     step: int | None = None,
+    blobs: BlobStore | None = None,
 ) -> Path:
     """The directory to download: `adapter` (the LoRA adapter, or the full model for full fine-tuning),
-    `model`, `merged` (needs `merge=true`) or `checkpoint` (`step` required)."""
+    `model`, `merged` (needs `merge=true`) or `checkpoint` (`step` required). With a remote `blobs`, the
+    directory is fetched from the store into this machine's `jobs/` first, whichever runner wrote it."""
     job = get_job(session, owner_id, job_id)
+
+    def here(path: Path | str) -> Path:
+        return artifacts.local_artifact(settings, blobs, path) if blobs is not None else Path(path)
+
     out = job_dir(settings, job.id)
     if artifact == "checkpoint":
         if step is None:
             raise InvalidRequestError("step is required to download a checkpoint", param="step")
         ckpt = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step == step))
-        if ckpt is None or not Path(ckpt.path).is_dir():
+        if ckpt is None or not here(ckpt.path).is_dir():
             steps = ", ".join(str(c.step) for c in _checkpoints(session, job.id)) or "none"
             raise NotFoundError(
                 f"job {job.id} has no checkpoint at step {step} (available: {steps})", param="step"
             )
-        return Path(ckpt.path)
+        return here(ckpt.path)
     if artifact not in ("adapter", "model", "merged"):
         raise InvalidRequestError(
             f"artifact must be adapter, model, merged or checkpoint (got {artifact!r})", param="artifact"
@@ -469,7 +486,7 @@ def artifact_path(
         artifact
     ]
     for name in candidates:
-        if (out / name).is_dir():
+        if here(out / name).is_dir():
             return out / name
     hint = " (create the job with merge=true to get one)" if artifact == "merged" else ""
     raise NotFoundError(f"job {job.id} has no {artifact} output{hint}", param="artifact")

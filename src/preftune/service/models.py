@@ -28,6 +28,8 @@ class ResolvedModel:
     merged_path: Path | None = None
     job_id: str | None = None
     created_at: float | None = None
+    # The base model's name as the job gave it (a runner's `base_model_path` is a path on its machine).
+    base_model: str | None = None
 
 
 def base_model_label(model: str) -> str:
@@ -50,6 +52,7 @@ def _resolved(record: FineTunedModel) -> ResolvedModel:
         merged_path=Path(merged) if merged else None,
         job_id=record.job_id,
         created_at=record.created_at,
+        base_model=record.base_model,
     )
 
 

@@ -8,8 +8,12 @@ touch the job (`LeaseLostError`).
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from preftune.config import Settings
 from preftune.errors import PreftuneError
+from preftune.service import artifacts
 from preftune.service.common import new_id, now
 from preftune.service.events import EventType, add_event
 from preftune.service.files import file_blob_path
@@ -28,6 +33,8 @@ from preftune.service.secrets import decrypt_secret
 from preftune.service.states import ACTIVE, JobStatus
 from preftune.store.blobs import BlobStore
 from preftune.store.models import Checkpoint, FineTunedModel, Job, JobMetric
+
+log = logging.getLogger("preftune.runner")
 
 # The trainer's checkpoint directories: checkpoints/step-N (temporary ones start with a dot).
 STEP_DIR_RE = re.compile(r"^step-(\d+)$")
@@ -154,14 +161,47 @@ def claim_job(session: Session, runner_id: str, settings: Settings, blobs: BlobS
     return None
 
 
-def _start_attempt(session: Session, token: str, settings: Settings, blobs: BlobStore) -> ClaimedJob:
+def _start_attempt(session: Session, token: str, settings: Settings, blobs: BlobStore) -> ClaimedJob | None:
     # populate_existing: the session may hold this row from before the UPDATE (expire_on_commit is off).
     job = session.scalars(
         select(Job).where(Job.claim_token == token).execution_options(populate_existing=True)
     ).one()
     # Started before (a dead runner, a failed attempt or a runner shut down): resume, do not start over.
     restarted = job.started_at is not None
-    resume_step = _sync_checkpoints(session, job, job_dir(settings, job.id) / "checkpoints")
+    session.commit()  # no transaction stays open while the files come (the lease keeper writes meanwhile)
+    try:
+        # Fetching the data and the latest checkpoint from a remote store can take a while: keep the lease.
+        with keep_lease(lambda: Session(bind=session.get_bind()), job.id, token, settings):
+            on_disk = _checkpoint_dirs(job, job_dir(settings, job.id) / "checkpoints", blobs)
+            artifacts.fetch_base_model(settings, blobs, job.model)
+            training_file = file_blob_path(session, job.training_file_id, blobs)
+            validation_file = (
+                file_blob_path(session, job.validation_file_id, blobs) if job.validation_file_id else None
+            )
+            # Recorded by an API server: on this machine it is a copy fetched from the store (if remote).
+            from_checkpoint = (
+                str(artifacts.local_artifact(settings, blobs, job.from_checkpoint_path))
+                if job.from_checkpoint_path
+                else None
+            )
+            session.commit()
+    except Exception as exc:
+        # The store failed us (down past its retries, a blob missing): this attempt fails like any other
+        # (retried while attempts remain) and the runner goes on with the next job.
+        session.rollback()
+        message, code, _ = error_fields(exc)
+        log.warning("job %s: could not fetch its files from %s: %s", job.id, blobs.describe(), message)
+        fail_job(
+            session,
+            job.id,
+            token,
+            settings,
+            message=f"could not fetch the job's files from the blob store {blobs.describe()}: {message}",
+            user_error=False,
+            code=code or "storage_error",
+        )
+        return None
+    resume_step = _record_checkpoints(session, job, on_disk)
     if job.started_at is None:
         job.started_at = now()
     if restarted:
@@ -193,15 +233,39 @@ def _start_attempt(session: Session, token: str, settings: Settings, blobs: Blob
         restarted=restarted,
         model=job.model,
         spec=_runner_spec(settings, job),
-        training_file=file_blob_path(session, job.training_file_id, blobs),
-        validation_file=file_blob_path(session, job.validation_file_id, blobs)
-        if job.validation_file_id
-        else None,
+        training_file=training_file,
+        validation_file=validation_file,
         output_dir=job_dir(settings, job.id),
-        from_checkpoint_path=job.from_checkpoint_path,
+        from_checkpoint_path=from_checkpoint,
         resume_step=resume_step,
         resources=dict(job.resources or {}),
     )
+
+
+@contextmanager
+def keep_lease(
+    new_session: Callable[[], Session], job_id: str, token: str, settings: Settings
+) -> Iterator[None]:
+    """Heartbeat the job from a thread while the block runs (a long upload or download), so that a
+    healthy runner never loses its lease to slow storage. Each beat uses a session of its own."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(settings.heartbeat_seconds):
+            try:
+                with new_session() as session:
+                    if not heartbeat(session, job_id, token, settings.lease_seconds).lease_held:
+                        return
+            except Exception:  # the next beat tries again; the lease has slack for a missed one
+                log.exception("job %s: a heartbeat failed", job_id)
+
+    thread = threading.Thread(target=beat, name=f"lease-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _runner_spec(settings: Settings, job: Job) -> dict[str, Any]:
@@ -217,16 +281,35 @@ def _runner_spec(settings: Settings, job: Job) -> dict[str, Any]:
     return spec
 
 
-def _sync_checkpoints(session: Session, job: Job, directory: Path) -> int | None:
-    """Record checkpoints that reached the disk but not the database (the runner died in between);
-    return the latest step, which is where the trainer resumes."""
-    known = set(session.scalars(select(Checkpoint.step).where(Checkpoint.job_id == job.id)))
+def _checkpoint_dirs(job: Job, directory: Path, blobs: BlobStore) -> dict[int, Path]:
+    """The job's complete checkpoints, step -> directory on this machine.
+
+    With a remote store the bucket is the truth: a checkpoint only this machine has (its runner died
+    before uploading it) is uploaded now, and the latest one is fetched here if this machine lacks it,
+    so a job whose machine died resumes on another one."""
     on_disk: dict[int, Path] = {}
     if directory.is_dir():
         for child in directory.iterdir():
             match = STEP_DIR_RE.match(child.name)
             if match and child.is_dir():
                 on_disk[int(match.group(1))] = child
+    if blobs.remote:
+        remote = artifacts.remote_checkpoint_steps(blobs, job.id)
+        for step, path in on_disk.items():
+            if step not in remote:
+                artifacts.publish_checkpoint(blobs, job.id, path)
+        for step in remote:
+            on_disk.setdefault(step, directory / f"step-{step}")
+        if on_disk:
+            latest = max(on_disk)
+            blobs.download_tree(artifacts.job_key(job.id, "checkpoints", f"step-{latest}"), on_disk[latest])
+    return on_disk
+
+
+def _record_checkpoints(session: Session, job: Job, on_disk: dict[int, Path]) -> int | None:
+    """Record checkpoints that reached the disk (or the bucket) but not the database (the runner died in
+    between); return the latest step, which is where the trainer resumes."""
+    known = set(session.scalars(select(Checkpoint.step).where(Checkpoint.job_id == job.id)))
     for step, path in on_disk.items():
         if step not in known:
             session.add(

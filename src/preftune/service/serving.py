@@ -21,8 +21,10 @@ from preftune.config import Settings
 from preftune.errors import InvalidRequestError, ModelNotFoundError, PreftuneError
 from preftune.inference.engine import InferenceEngine
 from preftune.inference.types import ModelTarget
+from preftune.service import artifacts
 from preftune.service import deployments as deployment_service
 from preftune.service import models as model_service
+from preftune.store.blobs import BlobStore
 from preftune.store.db import Database
 from preftune.store.models import Deployment
 
@@ -37,10 +39,13 @@ def target_of(resolved: model_service.ResolvedModel) -> ModelTarget:
 
 
 class InferenceService:
-    def __init__(self, engine: InferenceEngine, settings: Settings, db: Database) -> None:
+    def __init__(
+        self, engine: InferenceEngine, settings: Settings, db: Database, blobs: BlobStore | None = None
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.db = db
+        self.blobs = blobs
         self._deployed: dict[str, ModelTarget] = {}  # deployment id -> target held in memory
         self.errors: dict[str, str] = {}  # deployment id -> why it failed to load
         self._tasks: set[asyncio.Task[None]] = set()
@@ -58,7 +63,28 @@ class InferenceService:
             resolved = model_service.resolve_for_owner(
                 session, owner_id, name, models_dir=self.settings.models_dir
             )
-        return target_of(resolved)
+        return target_of(self._here(resolved))
+
+    def _here(self, resolved: model_service.ResolvedModel) -> model_service.ResolvedModel:
+        """A fine-tuned model trained on another machine: its weights fetched from the blob store, its
+        base model found by name among this server's models."""
+        if self.blobs is None or not self.blobs.remote or resolved.job_id is None:
+            return resolved
+        from dataclasses import replace
+
+        from preftune.contracts.base_models import resolve_model
+
+        base = resolved.base_model_path
+        if not base.exists() and resolved.base_model:
+            base = resolve_model(resolved.base_model, self.settings.models_dir)
+        adapter = resolved.adapter_path
+        merged = resolved.merged_path
+        return replace(
+            resolved,
+            base_model_path=base,
+            adapter_path=artifacts.local_artifact(self.settings, self.blobs, adapter) if adapter else None,
+            merged_path=artifacts.local_artifact(self.settings, self.blobs, merged) if merged else None,
+        )
 
     async def resolve(self, owner_id: str, name: str) -> ModelTarget:
         # The first use of the embedded model imports it (tens of seconds): keep it off the event loop.

@@ -7,16 +7,21 @@ failing with "database is locked") and foreign keys on, set on every new connect
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from preftune.config import Settings
+from preftune.errors import InsufficientStorageError, is_disk_full
+
+# The advisory-lock key of the blob store's `references()` lock (any fixed 64-bit number).
+BLOB_REFERENCES_LOCK = 0x70726566_74756E65  # "preftune"
 
 # Raised when every pooled connection stayed busy for the pool's timeout; the api answers it with a 503.
 __all__ = ["Database", "PoolTimeout", "make_engine", "open_database"]
@@ -72,14 +77,38 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
+        """A session, rolled back on an exception and closed at the end.
+
+        A write the database refuses because its disk is full (SQLite's "database or disk is full")
+        comes out as `InsufficientStorageError` (the API's 507): nothing of the transaction was kept."""
         session = self.sessionmaker()
         try:
             yield session
-        except BaseException:
-            session.rollback()
+        except BaseException as exc:
+            with suppress(Exception):  # a rollback on a full disk may fail too; the transaction is gone
+                session.rollback()
+            if isinstance(exc, SQLAlchemyError) and is_disk_full(exc):
+                raise InsufficientStorageError(
+                    "the database's disk is full: nothing of this change was kept; retry once space is "
+                    "freed on the server",
+                    code="insufficient_storage",
+                ) from exc
             raise
         finally:
             session.close()
+
+    @contextmanager
+    def advisory_lock(self, key: int = BLOB_REFERENCES_LOCK) -> Iterator[None]:
+        """Hold a PostgreSQL session-level advisory lock: one holder among every process and machine
+        that uses this database; released when the block ends or the connection drops (its holder died).
+        Only for PostgreSQL (SQLite is one machine's: a file lock does)."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                conn.commit()
 
     def migrate(self) -> None:
         """Bring the schema up to date (Alembic `upgrade head`)."""

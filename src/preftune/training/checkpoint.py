@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from preftune.errors import InsufficientStorageError, is_disk_full
+from preftune.faults import fault_point
 from preftune.training.distributed import Group
 from preftune.training.modeling import Policy
 
@@ -35,11 +37,28 @@ DCP_DIR = "dcp"
 STEP_DIR_RE = re.compile(r"^step-(\d+)$")
 
 
-def _fsync_tree(root: Path) -> None:
+def _fsync_path(path: Path) -> None:
+    """Flush a file's data, or a directory's entries, to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file under `root`, then every directory, deepest first, `root` last.
+
+    A rename is only as durable as what it names: after a power cut, the renamed directory must not
+    hold entries whose data never reached the disk, nor miss entries that did."""
+    dirs = [root]
     for path in root.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+        if path.is_dir() and not path.is_symlink():
+            dirs.append(path)
+        elif path.is_file():
+            _fsync_path(path)
+    for directory in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
+        _fsync_path(directory)
 
 
 def _temporary_sibling(final: Path) -> Path:
@@ -48,21 +67,29 @@ def _temporary_sibling(final: Path) -> Path:
 
 
 def _commit(tmp: Path, final: Path) -> None:
-    """fsync everything under `tmp`, then make it `final` in one rename."""
-    _fsync_tree(tmp)
+    """fsync everything under `tmp`, then make it `final` in one rename (and fsync the parent)."""
+    fsync_tree(tmp)
+    fault_point("checkpoint.before_rename")
     if final.exists():
         # A directory cannot be replaced over a non-empty one: move the old one aside first.
         old = Path(tempfile.mkdtemp(prefix=f".{final.name}-old-", dir=final.parent))
         os.replace(final, old / final.name)
         os.replace(tmp, final)
+        _fsync_path(final.parent)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+        _fsync_path(final.parent)
 
 
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `final`; on success it replaces `final` in one rename."""
+    """Yield a temporary sibling of `final`; on success it replaces `final` in one rename.
+
+    The temporary directory is hidden (`.name-…`); its files and directories are fsynced before the
+    rename and the parent after it, so a crash or power cut at any moment leaves `final` complete or
+    absent (or the old `final`), never partly written. On an exception (a full disk) the temporary
+    directory is removed and `final` is untouched."""
     tmp = _temporary_sibling(final)
     try:
         yield tmp
@@ -138,14 +165,30 @@ def save_checkpoint(
         weights = full_state_dict()  # a collective under FSDP
         if group.is_main:
             save_weights(policy, tmp, weights)
-            torch.save({**state, "rng": rng_state()}, tmp / STATE_FILE)
+            fault_point("checkpoint.after_weights")
+            # Through a Python file, so a failed write is an OSError with its errno (ENOSPC).
+            with open(tmp / STATE_FILE, "wb") as handle:
+                torch.save({**state, "rng": rng_state()}, handle)
         group.barrier()  # every shard is written
         if group.is_main:
             _commit(tmp, final)
         group.barrier()  # the step directory is in place for everyone
+    except Exception as exc:
+        # safetensors and tokenizers (Rust) report a full disk only in their message: is_disk_full reads both.
+        if not is_disk_full(exc):
+            raise
+        done = list_checkpoints(checkpoints_dir)
+        last = f"the last complete one is {done[-1].name}" if done else "there is no complete one yet"
+        raise InsufficientStorageError(
+            f"the disk is full: the checkpoint at step {step} could not be written under {checkpoints_dir} "
+            f"({exc}). Nothing was written under its name; {last}. Free space on that disk: a retry "
+            "resumes from the last complete checkpoint",
+            code="insufficient_storage",
+        ) from exc
     finally:
         if group.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
+    fault_point("checkpoint.after_rename")
     return final
 
 

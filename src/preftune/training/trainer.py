@@ -20,7 +20,13 @@ import torch
 
 from preftune.contracts.base_models import resolve_model
 from preftune.contracts.spec import TrainingSpec
-from preftune.errors import InvalidRequestError, PreftuneError, TrainingError
+from preftune.errors import (
+    InsufficientStorageError,
+    InvalidRequestError,
+    PreftuneError,
+    TrainingError,
+    is_disk_full,
+)
 from preftune.kernels.allocator import keep_freed_memory
 from preftune.training import callbacks as events
 from preftune.training.callbacks import CallbackList, TrainCallbacks
@@ -114,6 +120,12 @@ def train(
             tracker.finish(exit_code=1)
         if isinstance(exc, PreftuneError | KeyboardInterrupt | SystemExit):
             raise
+        if is_disk_full(exc):
+            raise InsufficientStorageError(
+                f"the disk is full under {output_dir} ({exc}). Nothing was written under a checkpoint's "
+                "name; free space on that disk: a retry resumes from the last complete checkpoint",
+                code="insufficient_storage",
+            ) from exc
         if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
             raise TrainingError(
                 f"out of memory: {exc}. Lower batch_size or max_length, raise gradient_accumulation_steps, "

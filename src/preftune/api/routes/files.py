@@ -7,10 +7,11 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 
 from preftune.api import presenters, schemas
+from preftune.api.byte_ranges import stream_blob
 from preftune.api.deps import get_blobs, get_database, get_db, get_owner, get_settings
 from preftune.config import Settings
 from preftune.contracts.spec import TrainingSpec
@@ -161,15 +162,22 @@ def file_report(
     summary="Download a file's content",
 )
 def file_content(
+    request: Request,
     file_id: str = Path(description="file-… id or dataset name"),
     caller: Caller = Depends(get_owner),
     session: Session = Depends(get_db),
     blobs: BlobStore = Depends(get_blobs),
-) -> FileResponse:
-    """The exact bytes that were uploaded (HTTP Range supported)."""
+) -> Response:
+    """The exact bytes that were uploaded (HTTP Range supported), streamed from the blob store."""
     row = file_service.get_file(session, caller.owner_id, file_id)
-    path = file_service.content_path(session, caller.owner_id, file_id, blobs)
-    return FileResponse(path, media_type="application/octet-stream", filename=row.filename)
+    if not blobs.remote:
+        path = file_service.content_path(session, caller.owner_id, file_id, blobs)
+        return FileResponse(path, media_type="application/octet-stream", filename=row.filename)
+    size = file_service.content_size(session, caller.owner_id, file_id, blobs)
+    response: StreamingResponse | Response = stream_blob(
+        blobs, row.sha256, size, request.headers.get("range"), filename=row.filename
+    )
+    return response
 
 
 @router.delete(

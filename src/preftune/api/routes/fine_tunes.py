@@ -13,11 +13,12 @@ from sqlalchemy.orm import Session
 
 from preftune.api import presenters, schemas
 from preftune.api.archive import cached_tar
-from preftune.api.deps import get_db, get_owner, get_settings
+from preftune.api.deps import get_blobs, get_db, get_owner, get_settings
 from preftune.config import Settings
 from preftune.contracts.spec import TrainingSpec
 from preftune.service import jobs as job_service
 from preftune.service.keys import Caller
+from preftune.store.blobs import BlobStore
 
 router = APIRouter(tags=["fine-tunes"])
 
@@ -50,6 +51,7 @@ def create_fine_tune(
     caller: Caller = Depends(get_owner),
     session: Session = Depends(get_db),
     settings: Settings = Depends(get_settings),
+    blobs: BlobStore = Depends(get_blobs),
 ) -> schemas.FineTuneJob:
     """Validates the files (processed, yours), the model (on this server) and every knob, then
     queues the job. A 4xx names the parameter at fault, and nothing is queued."""
@@ -63,6 +65,7 @@ def create_fine_tune(
         params=body.spec_params(),
         idempotency_key=idempotency_key,
         resources=body.resources.model_dump() if body.resources else None,
+        blobs=blobs,
     )
     return presenters.job_object(job)
 
@@ -181,11 +184,12 @@ def download_fine_tune(
     caller: Caller = Depends(get_owner),
     session: Session = Depends(get_db),
     settings: Settings = Depends(get_settings),
+    blobs: BlobStore = Depends(get_blobs),
 ) -> FileResponse:
     """A tar whose members are the artifact's files (`adapter_config.json`, ...), built once and cached;
     `Range: bytes=N-` resumes an interrupted download."""
     source = job_service.artifact_path(
-        session, caller.owner_id, job_id, settings, artifact=artifact, step=step
+        session, caller.owner_id, job_id, settings, artifact=artifact, step=step, blobs=blobs
     )
     name = artifact if artifact != "checkpoint" else f"checkpoint-{step}"
     tar = cached_tar(source, job_service.job_dir(settings, job_id) / "downloads", name)

@@ -43,7 +43,7 @@ async def startup(app: FastAPI) -> None:
     engine = LocalEngine(EngineConfig.from_settings(settings))
     await engine.start()
     app.state.engine = engine
-    app.state.inference = InferenceService(engine, settings, app.state.db)
+    app.state.inference = InferenceService(engine, settings, app.state.db, app.state.blobs)
     await app.state.inference.restore()
 
 

@@ -13,13 +13,14 @@ from fastapi import APIRouter, Depends, Header, Path, Query
 from sqlalchemy.orm import Session
 
 from preftune.api import presenters
-from preftune.api.deps import get_db, get_owner, get_settings
+from preftune.api.deps import get_blobs, get_db, get_owner, get_settings
 from preftune.api.openai_schemas import OpenAICheckpoint, OpenAIFineTuningJob, OpenAIJobCreate, OpenAIJobEvent
 from preftune.api.schemas import ListResponse
 from preftune.config import Settings
 from preftune.errors import NotFoundError
 from preftune.service import jobs as job_service
 from preftune.service.keys import Caller
+from preftune.store.blobs import BlobStore
 
 router = APIRouter(tags=["openai-compatible"])
 
@@ -44,6 +45,7 @@ def create_job(
     caller: Caller = Depends(get_owner),
     session: Session = Depends(get_db),
     settings: Settings = Depends(get_settings),
+    blobs: BlobStore = Depends(get_blobs),
 ) -> OpenAIFineTuningJob:
     """`method.dpo.hyperparameters` takes beta, n_epochs, batch_size, learning_rate_multiplier and any
     preftune knob (rpo_alpha, simpo_gamma, lora_r, ...); `method.type: supervised` trains SFT."""
@@ -68,6 +70,7 @@ def create_job(
         validation_file=body.validation_file,
         params=params,
         idempotency_key=idempotency_key,
+        blobs=blobs,
     )
     return presenters.openai_job(job)
 
