@@ -56,7 +56,17 @@ class Settings(BaseSettings):
     allow_on_demand_load: bool = Field(
         default=True, description="Load a model without a deployment on first request (cold start)."
     )
-    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N")
+    device: str = Field(
+        default="auto",
+        description="Training device: auto (CUDA where there is one, else the CPU), cpu, cuda, cuda:N. "
+        "With several processes per node each takes the GPU of its LOCAL_RANK.",
+    )
+    collective_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a collective of a multi-process training run waits for every rank before "
+        "the run fails (a dead or stuck rank never hangs the job for ever).",
+    )
     secret_key: str | None = Field(
         default=None,
         description="Fernet key that encrypts stored secrets (W&B keys). Default: HOME/secret.key, made on "
@@ -143,6 +153,19 @@ class Settings(BaseSettings):
     @cached_property
     def secret_key_path(self) -> Path:
         return self.home / "secret.key"
+
+
+class LaunchEnv(BaseSettings):
+    """Where this process sits in a torchrun (or Ray Train) launch: the launcher's variables RANK,
+    WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE (no PREFTUNE_ prefix: the launcher sets them)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    rank: int = Field(default=0, ge=0)
+    world_size: int = Field(default=1, ge=1)
+    local_rank: int = Field(default=0, ge=0)
+    local_world_size: int = Field(default=1, ge=1)
+    omp_num_threads: int | None = Field(default=None, description="OpenMP's threads, when the user set them.")
 
 
 def get_settings() -> Settings:

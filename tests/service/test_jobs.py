@@ -13,6 +13,7 @@ from preftune.config import Settings
 from preftune.errors import (
     ConflictError,
     DataValidationError,
+    InvalidRequestError,
     ModelNotFoundError,
     NotFoundError,
     TrainingSpecError,
@@ -338,3 +339,34 @@ def test_the_runner_names_the_wandb_run_after_the_job_unless_the_user_did(
     assert by_id[named.id]["wandb_name"] == "mine"
     # The default is the runner's: what the user sent (and sees) is unchanged.
     assert shown["wandb_name"] is None
+
+
+@pytest.mark.parametrize(
+    ("resources", "param"),
+    [
+        ({"processes_per_node": 0}, "resources.processes_per_node"),
+        ({"nodes": "many"}, "resources.nodes"),
+        ({"gpus": 2}, "resources.gpus"),
+    ],
+)
+def test_bad_resources_name_the_field_and_queue_nothing(
+    db: Database,
+    settings: Settings,
+    alice: Any,
+    orca_file_id: str,
+    tiny_model_dir: Path,
+    resources: dict[str, Any],
+    param: str,
+) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        _create(db, settings, alice.owner_id, orca_file_id, tiny_model_dir, resources=resources)
+    assert info.value.param == param
+    assert _count_jobs(db) == 0
+    job = _create(
+        db, settings, alice.owner_id, orca_file_id, tiny_model_dir, resources={"processes_per_node": 4}
+    )
+    assert job.resources == {"processes_per_node": 4, "nodes": 1}
+    assert _create(db, settings, alice.owner_id, orca_file_id, tiny_model_dir).resources == {
+        "processes_per_node": 1,
+        "nodes": 1,
+    }

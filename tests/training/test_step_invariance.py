@@ -57,7 +57,8 @@ def _cut_step(
     run.spec.batch_size = batch_size
     run.memory = dataclasses.replace(run.memory, tokens_per_forward=tokens_per_forward or plan)
     ids = run._step_examples(step)
-    passes = run._passes(ids)
+    passes, padding = run._passes(ids)
+    assert padding == 0  # one process: no padding passes
     run.optimizer.zero_grad(set_to_none=True)
     totals = accumulate(
         passes,

@@ -79,9 +79,16 @@ def _create(
     idempotency_key: str | None,
     json_output: bool,
     config: Path | None,
+    processes_per_node: int | None = None,
+    nodes: int | None = None,
     **knobs: Any,
 ) -> None:
     params: dict[str, Any] = {}
+    resources = {
+        name: value
+        for name, value in (("processes_per_node", processes_per_node), ("nodes", nodes))
+        if value is not None
+    }
     if config is not None:
         # The YAML of `preftune train --config`; flags given on the command line win over it.
         params = TrainingSpec.from_yaml(config).model_dump(exclude_unset=True)
@@ -94,6 +101,7 @@ def _create(
             model=model,
             validation_file=validation_file,
             idempotency_key=idempotency_key,
+            resources=resources or None,
             **params,
         )
     if json_output:
@@ -146,6 +154,25 @@ def _build_create() -> Any:
                 exists=True,
                 dir_okay=False,
                 help="A YAML file of knobs (flags override it).",
+            ),
+        ),
+        inspect.Parameter(
+            "processes_per_node",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=int | None,
+            default=typer.Option(
+                None,
+                "--processes-per-node",
+                min=1,
+                help="Training processes for this job on its node (one per GPU), through torch.distributed.",
+            ),
+        ),
+        inspect.Parameter(
+            "nodes",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=int | None,
+            default=typer.Option(
+                None, "--nodes", min=1, help="Machines the job trains on (a cluster launcher)."
             ),
         ),
         inspect.Parameter(

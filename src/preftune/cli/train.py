@@ -92,12 +92,27 @@ def _train(
     validation_file: Path | None,
     config: Path | None,
     resume: bool,
+    nproc_per_node: int = 1,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    rdzv_endpoint: str | None = None,
     **knobs: Any,
 ) -> None:
-    from preftune.config import Settings
+    from preftune.config import LaunchEnv, Settings
+    from preftune.training.distributed import Launch
     from preftune.training.trainer import train
 
-    spec = collect_spec(config, knobs)
+    spec = collect_spec(config, knobs)  # a bad knob fails here, before any process is started
+    settings, env = Settings(), LaunchEnv()
+    if nproc_per_node * nnodes > 1 and env.world_size == 1:
+        _relaunch(env, nproc_per_node, nnodes, node_rank, rdzv_endpoint)
+    launch = Launch(
+        rank=env.rank,
+        world_size=env.world_size,
+        local_rank=env.local_rank,
+        local_world_size=env.local_world_size,
+        collective_timeout_s=settings.collective_timeout_s,
+    )
     columns = (
         TextColumn("step"),
         MofNCompleteColumn(),
@@ -106,7 +121,8 @@ def _train(
         TextColumn("eta {task.fields[eta]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as progress:
+    main = launch.rank == 0  # the other ranks of a launch train silently
+    with Progress(*columns, console=console, transient=False, disable=not main) as progress:
         display = ProgressDisplay(progress)
         previous = signal.signal(signal.SIGINT, display.interrupt)
         try:
@@ -116,12 +132,16 @@ def _train(
                 training_file=training_file,
                 output_dir=output_dir,
                 validation_file=validation_file,
-                models_dir=Settings().models_dir,
+                models_dir=settings.models_dir,
                 resume=resume,
                 callbacks=display,
+                device=settings.device,
+                launch=launch,
             )
         finally:
             signal.signal(signal.SIGINT, previous)
+    if not main:
+        return
     if result.stopped:
         console.print(f"stopped at step {result.steps}/{result.total_steps}; continue with --resume")
         raise typer.Exit(130)
@@ -142,6 +162,26 @@ def _train(
             f"DPO loss {pair('loss')} (eval.json)"
         )
     console.print(f"metrics: {output_dir / 'metrics.jsonl'}  report: {result.report_path}")
+
+
+def _relaunch(env: Any, nproc_per_node: int, nnodes: int, node_rank: int, rdzv_endpoint: str | None) -> None:
+    """Replace this process with torchrun running the same `preftune train` on every process."""
+    import os
+    import sys
+
+    from preftune.training.launcher import threads_per_process, torchrun_command
+
+    command = torchrun_command(
+        sys.argv[1:],
+        nproc_per_node=nproc_per_node,
+        nnodes=nnodes,
+        node_rank=node_rank,
+        rdzv_endpoint=rdzv_endpoint,
+    )
+    threads = env.omp_num_threads or threads_per_process(nproc_per_node)
+    console.print(f"[dim]launching {nproc_per_node * nnodes} processes: {' '.join(command[1:])}[/]")
+    sys.stdout.flush()
+    os.execve(command[0], command, {**os.environ, "OMP_NUM_THREADS": str(threads)})
 
 
 def _option(name: str, annotation: Any, option: Any) -> inspect.Parameter:
@@ -181,6 +221,32 @@ def build_command() -> Any:
             "resume",
             bool,
             typer.Option(False, "--resume", help="Continue from the last checkpoint in --output-dir."),
+        ),
+        _option(
+            "nproc_per_node",
+            int,
+            typer.Option(
+                1,
+                "--nproc-per-node",
+                min=1,
+                help="Processes on this machine (one per GPU), launched through torchrun; the global batch "
+                "(batch_size x gradient_accumulation_steps) is shared among all processes.",
+            ),
+        ),
+        _option("nnodes", int, typer.Option(1, "--nnodes", min=1, help="Machines taking part (torchrun).")),
+        _option(
+            "node_rank",
+            int,
+            typer.Option(0, "--node-rank", min=0, help="This machine's index among --nnodes (0 first)."),
+        ),
+        _option(
+            "rdzv_endpoint",
+            str | None,
+            typer.Option(
+                None,
+                "--rdzv-endpoint",
+                help="HOST:PORT of node 0, which every node can reach (several nodes).",
+            ),
         ),
     ]
     knobs = [spec_parameter(name, field) for name, field in TrainingSpec.model_fields.items()]

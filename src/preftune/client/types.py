@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "APIKey",
@@ -84,6 +84,7 @@ class FineTuneJob(_Object):
     output_name: str | None = None
     error: JobError | None = None
     attempts: int = 0
+    resources: dict[str, int] = Field(default_factory=lambda: {"processes_per_node": 1, "nodes": 1})
 
     @property
     def done(self) -> bool:

@@ -44,10 +44,11 @@ def _say(line: str) -> None:
 class ForwardingCallbacks(TrainCallbacks):
     """Puts every trainer hook on the queue; `should_stop` follows the stop event and the parent's life."""
 
-    def __init__(self, queue: Any, stop_event: Any, parent_pid: int) -> None:
+    def __init__(self, queue: Any, stop_event: Any, parent_pid: int, runner_pid: int | None = None) -> None:
         self.queue = queue
         self.stop_event = stop_event
         self.parent_pid = parent_pid
+        self.runner_pid = runner_pid  # a rank's parent is the launcher: the runner is one level up
 
     def on_event(self, type: str, message: str, data: dict[str, Any]) -> None:
         self.queue.put(("event", {"type": type, "message": message, "data": data}))
@@ -56,7 +57,19 @@ class ForwardingCallbacks(TrainCallbacks):
         self.queue.put(("step", metrics))
 
     def should_stop(self) -> bool:
-        return bool(self.stop_event.is_set()) or os.getppid() != self.parent_pid
+        if self.stop_event.is_set() or os.getppid() != self.parent_pid:
+            return True
+        return self.runner_pid is not None and not _alive(self.runner_pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def error_payload(exc: BaseException) -> dict[str, Any]:
@@ -74,41 +87,27 @@ def error_payload(exc: BaseException) -> dict[str, Any]:
 
 
 def child_main(payload: dict[str, Any], queue: Any, stop_event: Any, parent_pid: int) -> None:
-    """Entry point of the child (spawned): train, then put ("result", …) or ("error", …) on the queue."""
+    """Entry point of the child (spawned): train, then put ("result", …) or ("error", …) on the queue.
+
+    A job with `resources.processes_per_node` > 1 runs as that many ranks under torch.distributed's
+    launcher (`_launch_ranks`); rank 0 reports through the queue as a single process does.
+    """
     # Ctrl-C reaches the whole process group; the runner decides how this child stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         _log_to(Path(payload["output_dir"]) / LOG_FILE)
-        from preftune.contracts.spec import TrainingSpec
-        from preftune.training.trainer import train
-
-        spec = TrainingSpec.model_validate(payload["spec"])
-        if payload.get("from_checkpoint_path"):
-            spec = spec.model_copy(update={"from_checkpoint": payload["from_checkpoint_path"]})
-        result = train(
-            spec,
-            model=payload["model"],
-            training_file=Path(payload["training_file"]),
-            output_dir=Path(payload["output_dir"]),
-            validation_file=Path(payload["validation_file"]) if payload.get("validation_file") else None,
-            models_dir=Path(payload["models_dir"]),
-            resume=bool(payload.get("resume")),
-            callbacks=ForwardingCallbacks(queue, stop_event, parent_pid),
-        )
-        queue.put(
-            (
-                "result",
-                {
-                    "status": result.status,
-                    "steps": result.steps,
-                    "total_steps": result.total_steps,
-                    "adapter_path": str(result.adapter_path) if result.adapter_path else None,
-                    "model_path": str(result.model_path) if result.model_path else None,
-                    "merged_path": str(result.merged_path) if result.merged_path else None,
-                    "final_metrics": result.final_metrics,
-                },
+        resources = dict(payload.get("resources") or {})
+        if int(resources.get("nodes", 1)) > 1:
+            raise TrainingSpecError(
+                "resources.nodes > 1: the local runner trains on its own node only; run multi-node jobs "
+                "with torchrun (preftune train --nnodes) or on a Ray cluster (preftune.training.ray_launch)",
+                param="resources.nodes",
             )
-        )
+        processes = int(resources.get("processes_per_node", 1))
+        if processes > 1:
+            _launch_ranks(payload, queue, stop_event, parent_pid, processes)
+        else:
+            _train_rank(payload, queue, ForwardingCallbacks(queue, stop_event, parent_pid), None)
     except BaseException as exc:  # every failure must reach the runner as a message
         with contextlib.suppress(OSError, ValueError):  # the log may sit on a full disk
             traceback.print_exc()
@@ -145,3 +144,87 @@ def evaluation_main(payload: dict[str, Any], queue: Any) -> None:
     finally:
         queue.close()
         queue.join_thread()
+
+
+def _train_rank(payload: dict[str, Any], queue: Any, callbacks: TrainCallbacks, launch: Any) -> None:
+    """Run the trainer in this process; rank 0 (or the only process) puts the result on the queue."""
+    from preftune.contracts.spec import TrainingSpec
+    from preftune.training.trainer import train
+
+    spec = TrainingSpec.model_validate(payload["spec"])
+    if payload.get("from_checkpoint_path"):
+        spec = spec.model_copy(update={"from_checkpoint": payload["from_checkpoint_path"]})
+    result = train(
+        spec,
+        model=payload["model"],
+        training_file=Path(payload["training_file"]),
+        output_dir=Path(payload["output_dir"]),
+        validation_file=Path(payload["validation_file"]) if payload.get("validation_file") else None,
+        models_dir=Path(payload["models_dir"]),
+        resume=bool(payload.get("resume")),
+        callbacks=callbacks,
+        device=payload.get("device", "auto"),
+        launch=launch,
+    )
+    if launch is not None and launch.rank != 0:
+        return
+    queue.put(
+        (
+            "result",
+            {
+                "status": result.status,
+                "steps": result.steps,
+                "total_steps": result.total_steps,
+                "adapter_path": str(result.adapter_path) if result.adapter_path else None,
+                "model_path": str(result.model_path) if result.model_path else None,
+                "merged_path": str(result.merged_path) if result.merged_path else None,
+                "final_metrics": result.final_metrics,
+            },
+        )
+    )
+
+
+def _launch_ranks(
+    payload: dict[str, Any], queue: Any, stop_event: Any, runner_pid: int, processes: int
+) -> None:
+    """`processes` ranks of this job on this node through torch.distributed's launcher (what
+    torchrun runs): a free local rendezvous, no restarts. A rank that dies makes the launcher stop
+    the others and raise, so the attempt fails within the monitor interval (plus the collective
+    timeout at worst) and the runner retries it from the last checkpoint."""
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=processes,
+        run_id=str(payload["job_id"]),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.5,
+        start_method="spawn",
+    )
+    elastic_launch(config, rank_main)(payload, queue, stop_event, os.getpid(), runner_pid)
+
+
+def rank_main(payload: dict[str, Any], queue: Any, stop_event: Any, child_pid: int, runner_pid: int) -> None:
+    """One rank of a multi-process job (started by `_launch_ranks`); rank 0 reports to the runner."""
+    from preftune.config import LaunchEnv, Settings
+    from preftune.training.distributed import Launch
+
+    env = LaunchEnv()
+    launch = Launch(
+        rank=env.rank,
+        world_size=env.world_size,
+        local_rank=env.local_rank,
+        local_world_size=env.local_world_size,
+        collective_timeout_s=float(payload.get("collective_timeout_s") or Settings().collective_timeout_s),
+    )
+    callbacks = ForwardingCallbacks(queue, stop_event, child_pid, runner_pid)
+    try:
+        _train_rank(payload, queue, callbacks, launch)
+    except BaseException as exc:
+        if launch.rank == 0:  # its own error, with its type (a user error is not retried)
+            traceback.print_exc()
+            queue.put(("error", error_payload(exc)))
+        raise

@@ -198,6 +198,9 @@ class Runner:
             "models_dir": str(self.settings.models_dir),
             "from_checkpoint_path": claimed.from_checkpoint_path,
             "resume": resume,
+            "device": self.settings.device,
+            "resources": claimed.resources,
+            "collective_timeout_s": self.settings.collective_timeout_s,
         }
 
     def _run_attempt(self, claimed: runs.ClaimedJob) -> AttemptOutcome:

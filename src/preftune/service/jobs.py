@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from preftune.config import Settings
+from preftune.contracts.resources import Resources
 from preftune.contracts.spec import TrainingSpec
 from preftune.errors import (
     ConflictError,
@@ -56,18 +57,23 @@ def public_hyperparameters(job: Job) -> dict[str, Any]:
 
 
 def request_fingerprint(
-    model: str, training_file: str, validation_file: str | None, spec: TrainingSpec
+    model: str,
+    training_file: str,
+    validation_file: str | None,
+    spec: TrainingSpec,
+    resources: Resources | None = None,
 ) -> str:
     """sha256 of a create request as resolved (defaults filled in), without the W&B key: two requests
     with equal fingerprints would queue identical jobs."""
-    return idempotency.fingerprint(
-        {
-            "model": model,
-            "training_file": training_file,
-            "validation_file": validation_file,
-            "spec": spec.model_dump(mode="json", exclude={"wandb_api_key"}),
-        }
-    )
+    request: dict[str, Any] = {
+        "model": model,
+        "training_file": training_file,
+        "validation_file": validation_file,
+        "spec": spec.model_dump(mode="json", exclude={"wandb_api_key"}),
+    }
+    if resources is not None and resources != Resources():
+        request["resources"] = resources.model_dump()  # one process: the same hash as before
+    return idempotency.fingerprint(request)
 
 
 def find_retried_job(
@@ -179,9 +185,13 @@ def create_job(
     validation_file: str | None = None,
     params: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
+    resources: dict[str, Any] | None = None,
     blobs: BlobStore | None = None,
 ) -> Job:
     """Validate a job request and queue it. Nothing is queued when anything is wrong.
+
+    `resources` (`contracts.resources.Resources`): processes per node and nodes; a bad one is an
+    `InvalidRequestError` naming the field (`resources.processes_per_node`).
 
     Raises `TrainingSpecError` (a knob, named), `NotFoundError`/`DataValidationError` for the files
     (`param` training_file / validation_file), `ModelNotFoundError` (`param` model). With an
@@ -189,8 +199,9 @@ def create_job(
     key with a different request is a `ConflictError`.
     """
     spec = TrainingSpec.from_params(dict(params or {}))
+    wanted = Resources.parse(resources)
     idempotency.check_key(idempotency_key)
-    fingerprint = request_fingerprint(model, training_file, validation_file, spec)
+    fingerprint = request_fingerprint(model, training_file, validation_file, spec, wanted)
     if idempotency_key is not None:
         existing = idempotency.find_replay(session, Job, owner_id, idempotency_key, fingerprint, what="job")
         if existing is not None:
@@ -235,6 +246,7 @@ def create_job(
         validation_file_id=validation_id,
         spec=spec.model_dump(mode="json") | {"wandb_api_key": encrypt_secret(settings, _secret(spec))},
         from_checkpoint_path=checkpoint_path,
+        resources=wanted.model_dump(),
         status=JobStatus.PENDING.value,
         idempotency_key=idempotency_key,
         request_hash=fingerprint,

@@ -61,6 +61,8 @@ class ClaimedJob:
     from_checkpoint_path: str | None
     resume_step: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # contracts.resources.Resources as a dict: processes per node, nodes.
+    resources: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,7 @@ def _start_attempt(session: Session, token: str, settings: Settings, blobs: Blob
         output_dir=job_dir(settings, job.id),
         from_checkpoint_path=from_checkpoint,
         resume_step=resume_step,
+        resources=dict(job.resources or {}),
     )
 
 

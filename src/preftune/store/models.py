@@ -101,6 +101,8 @@ class Job(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     # `from_checkpoint` resolved to a directory at creation (after the owner check).
     from_checkpoint_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # contracts.resources.Resources as a dict (None: one process, jobs from before the column).
+    resources: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     status: Mapped[str] = mapped_column(String(32))
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     # sha256 of the create request, so a reused idempotency key with a different body is refused.

@@ -4,6 +4,13 @@ A checkpoint directory `checkpoints/step-N/` is built under a temporary name and
 place, so a process killed at any moment leaves either a complete checkpoint or none. Its weights
 are in the usual formats (a PEFT adapter, or a full `save_pretrained` model with the tokenizer),
 so a checkpoint is also a valid `from_checkpoint` and can be served as it is.
+
+The trainable weights and the optimizer state are also in `dcp/`, a `torch.distributed.checkpoint`
+(DCP) checkpoint: each rank writes its own shard (FSDP) or the replicated tensors once (DDP), keyed
+by parameter name, so a run resumes on any world size (saved on 2 processes, resumed on 1, or the
+other way round). With several processes every rank writes into the same temporary directory
+(rank 0 names it) and rank 0 renames it after a barrier: the output directory must be on a
+filesystem every node sees.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +29,13 @@ import torch
 
 from preftune.errors import InsufficientStorageError, is_disk_full
 from preftune.faults import fault_point
+from preftune.training.distributed import Group
 from preftune.training.modeling import Policy
 
 STATE_FILE = "trainer_state.pt"
 # `checkpoints/best.json`: the checkpoint with the lowest validation loss (step, eval_loss, path, metrics).
 BEST_FILE = "best.json"
+DCP_DIR = "dcp"
 STEP_DIR_RE = re.compile(r"^step-(\d+)$")
 
 
@@ -54,6 +63,27 @@ def fsync_tree(root: Path) -> None:
         _fsync_path(directory)
 
 
+def _temporary_sibling(final: Path) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    """fsync everything under `tmp`, then make it `final` in one rename (and fsync the parent)."""
+    fsync_tree(tmp)
+    fault_point("checkpoint.before_rename")
+    if final.exists():
+        # A directory cannot be replaced over a non-empty one: move the old one aside first.
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}-old-", dir=final.parent))
+        os.replace(final, old / final.name)
+        os.replace(tmp, final)
+        _fsync_path(final.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+        _fsync_path(final.parent)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `final`; on success it replaces `final` in one rename.
@@ -62,33 +92,27 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     rename and the parent after it, so a crash or power cut at any moment leaves `final` complete or
     absent (or the old `final`), never partly written. On an exception (a full disk) the temporary
     directory is removed and `final` is untouched."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    tmp = _temporary_sibling(final)
     try:
         yield tmp
-        fsync_tree(tmp)
-        fault_point("checkpoint.before_rename")
-        if final.exists():
-            # A directory cannot be replaced over a non-empty one: move the old one aside first.
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}-old-", dir=final.parent))
-            os.replace(final, old / final.name)
-            os.replace(tmp, final)
-            _fsync_path(final.parent)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-            _fsync_path(final.parent)
+        _commit(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def save_weights(policy: Policy, directory: Path) -> None:
-    """The trainable state in its usual format (adapter or full model), with the tokenizer."""
+def save_weights(policy: Policy, directory: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """The trainable state in its usual format (adapter or full model), with the tokenizer.
+
+    `state_dict`: the whole model's weights when the model in memory holds only a shard (FSDP)."""
     model: Any = policy.model
     if policy.lora:
         model.save_pretrained(directory, selected_adapters=["default"])
     else:
-        model.save_pretrained(directory, safe_serialization=True)
+        if state_dict is not None:
+            # A gathered state dict holds a tied weight (the head, the embeddings) under both names.
+            unique = {name for name, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+            state_dict = {k: v for k, v in state_dict.items() if k in unique}
+        model.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
     policy.tokenizer.save_pretrained(directory)
 
 
@@ -106,16 +130,51 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(policy: Policy, checkpoints_dir: Path, step: int, state: dict[str, Any]) -> Path:
-    """Write `checkpoints/step-<step>/` with the weights and `state` (optimizer, scheduler, position...)."""
+def _dcp_options() -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=True, strict=False)
+
+
+def trainable_state(model: Any, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The trainable weights and optimizer state, keyed by parameter name (sharded under FSDP)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    return {
+        "model": get_model_state_dict(model, options=_dcp_options()),
+        "optim": get_optimizer_state_dict(model, optimizer, options=_dcp_options()),
+    }
+
+
+def save_checkpoint(
+    policy: Policy,
+    checkpoints_dir: Path,
+    step: int,
+    state: dict[str, Any],
+    *,
+    optimizer: torch.optim.Optimizer,
+    group: Group,
+    full_state_dict: Callable[[], dict[str, torch.Tensor] | None],
+) -> Path:
+    """Write `checkpoints/step-<step>/`: DCP shards from every rank, then from rank 0 the weights
+    in their usual format and `state` (scheduler, position, totals). Every rank calls it."""
+    import torch.distributed.checkpoint as dcp
+
     final = checkpoints_dir / f"step-{step}"
+    tmp = Path(group.broadcast(str(_temporary_sibling(final)) if group.is_main else None))
     try:
-        with atomic_dir(final) as tmp:
-            save_weights(policy, tmp)
+        dcp.save(trainable_state(policy.model, optimizer), checkpoint_id=tmp / DCP_DIR)
+        weights = full_state_dict()  # a collective under FSDP
+        if group.is_main:
+            save_weights(policy, tmp, weights)
             fault_point("checkpoint.after_weights")
             # Through a Python file, so a failed write is an OSError with its errno (ENOSPC).
             with open(tmp / STATE_FILE, "wb") as handle:
                 torch.save({**state, "rng": rng_state()}, handle)
+        group.barrier()  # every shard is written
+        if group.is_main:
+            _commit(tmp, final)
+        group.barrier()  # the step directory is in place for everyone
     except Exception as exc:
         # safetensors and tokenizers (Rust) report a full disk only in their message: is_disk_full reads both.
         if not is_disk_full(exc):
@@ -128,6 +187,9 @@ def save_checkpoint(policy: Policy, checkpoints_dir: Path, step: int, state: dic
             "resumes from the last complete checkpoint",
             code="insufficient_storage",
         ) from exc
+    finally:
+        if group.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
     fault_point("checkpoint.after_rename")
     return final
 
@@ -144,8 +206,33 @@ def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def load_checkpoint(policy: Policy, path: Path) -> dict[str, Any]:
-    """Load the weights of `path` into `policy` and return its trainer state (RNG not yet applied)."""
+def _load_dcp(model: Any, optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    """Resharded to this run's world size by DCP; every rank calls it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    state = trainable_state(model, optimizer)
+    dcp.load(state, checkpoint_id=directory)
+    result = set_model_state_dict(model, state["model"], options=_dcp_options())
+    if result.unexpected_keys:
+        raise RuntimeError(f"checkpoint {directory} does not match this model: {result.unexpected_keys[:3]}")
+    set_optimizer_state_dict(model, optimizer, state["optim"], options=_dcp_options())
+
+
+def load_checkpoint(policy: Policy, path: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Load the weights and optimizer state of `path` into `policy` and `optimizer`; return the
+    trainer state (RNG not yet applied). Checkpoints from before DCP load as they were written."""
+    if (path / DCP_DIR).is_dir():
+        _load_dcp(policy.model, optimizer, path / DCP_DIR)
+        state: dict[str, Any] = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+        return state
+    _load_weights(policy, path)
+    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    return state
+
+
+def _load_weights(policy: Policy, path: Path) -> None:
     model: Any = policy.model
     if policy.lora:
         from peft import set_peft_model_state_dict
@@ -162,8 +249,6 @@ def load_checkpoint(policy: Policy, path: Path) -> dict[str, Any]:
         saved = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         model.load_state_dict(saved.state_dict())
         del saved
-    state: dict[str, Any] = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
-    return state
 
 
 def read_best(checkpoints_dir: Path) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,10 +23,11 @@ import torch
 from torch import nn
 
 from preftune.contracts.spec import TrainingSpec
-from preftune.errors import TrainingSpecError
+from preftune.errors import InvalidRequestError, TrainingSpecError
 from preftune.kernels.autocast import cpu_has_fast_bf16
 from preftune.kernels.elementwise import use_fast_elementwise
 from preftune.kernels.fused import fuse_lora_layers
+from preftune.kernels.liger import use_liger_kernels
 from preftune.kernels.packed_linear import pack_frozen_linears
 
 REFERENCE_ADAPTER = "reference"
@@ -48,6 +50,7 @@ class Policy:
     device: torch.device
     autocast_dtype: torch.dtype | None
     gradient_checkpointing: bool
+    kernels: str = "cpu"  # which kernels `bind_kernels` bound: cpu, liger or none
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -80,8 +83,41 @@ def resolve_start_point(reference: str) -> StartPoint:
     )
 
 
-def select_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+def select_device(setting: str = "auto", local_rank: int = 0) -> torch.device:
+    """The device to train on, from the `device` setting (PREFTUNE_DEVICE): auto, cpu, cuda, cuda:N.
+
+    auto is CUDA where there is one, else the CPU. On CUDA each process of a launch takes the GPU
+    of its local rank (LOCAL_RANK, one process per GPU); `cuda:N` pins a single process to GPU N.
+    """
+    choice = setting.strip().lower()
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if choice not in ("auto", "cuda") and not re.fullmatch(r"cuda:\d+", choice):
+        raise InvalidRequestError(
+            f"device {setting!r}: use auto, cpu, cuda or cuda:N", param="device", code="invalid_device"
+        )
+    if not torch.cuda.is_available():
+        raise InvalidRequestError(
+            f"device {setting!r}: this machine has no CUDA device (set device to auto or cpu)",
+            param="device",
+            code="invalid_device",
+        )
+    index = int(choice.split(":")[1]) if ":" in choice else local_rank
+    if ":" in choice and local_rank > 0:
+        raise InvalidRequestError(
+            f"device {setting!r} pins one GPU, but this is local rank {local_rank}: use device cuda "
+            "(or auto) with several processes per node, each takes the GPU of its LOCAL_RANK",
+            param="device",
+            code="invalid_device",
+        )
+    if index >= torch.cuda.device_count():
+        raise InvalidRequestError(
+            f"device cuda:{index}: this machine has {torch.cuda.device_count()} CUDA devices",
+            param="device",
+            code="invalid_device",
+        )
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def select_autocast(precision: str, device: torch.device) -> torch.dtype | None:
@@ -95,8 +131,9 @@ def select_autocast(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_has_fast_bf16() else None
 
 
-def set_threads() -> None:
-    """At most one thread per core this process may run on.
+def set_threads(processes_per_node: int = 1) -> None:
+    """At most one thread per core this process may run on, the cores shared among the processes
+    of a launch on this machine.
 
     torch's default (the machine's cores, or OMP_NUM_THREADS) is kept unless the CPU affinity mask
     (a container, taskset) allows fewer cores: more threads than cores makes every matmul wait.
@@ -105,7 +142,8 @@ def set_threads() -> None:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), cores)))
+    share = max(1, cores // max(1, processes_per_node))
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), share)))
 
 
 def _target_modules(spec: TrainingSpec) -> str | list[str]:
@@ -166,9 +204,7 @@ def load_policy(spec: TrainingSpec, base_path: Path, device: torch.device) -> Po
         fuse_lora_layers(model)
     model.to(device)
     autocast_dtype = select_autocast(spec.precision, device)
-    # The frozen base layers (all of them under LoRA): faster CPU matmuls, packed in the dtype they run in.
-    pack_frozen_linears(model, autocast_dtype or torch.float32)
-    use_fast_elementwise(model)  # RMSNorm and rotary embedding with short backward passes
+    kernels = bind_kernels(model, device, autocast_dtype)
     return Policy(
         model=model,
         tokenizer=tokenizer,
@@ -177,7 +213,24 @@ def load_policy(spec: TrainingSpec, base_path: Path, device: torch.device) -> Po
         device=device,
         autocast_dtype=autocast_dtype,
         gradient_checkpointing=False,
+        kernels=kernels,
     )
+
+
+def bind_kernels(model: nn.Module, device: torch.device, autocast_dtype: torch.dtype | None) -> str:
+    """Bind the kernels for `device` to `model`; returns which set: "cpu", "liger" or "none".
+
+    The CPU kernels (packed frozen linears, RMSNorm and rotary with short backward passes) bind only
+    on the CPU. On CUDA, Liger's kernels where `liger-kernel` is installed, else transformers' own
+    code; attention is `kernels.attention` everywhere (on CUDA: SDPA, FlashAttention where it
+    applies, over each packed block).
+    """
+    if device.type == "cpu":
+        # The frozen base layers (all of them under LoRA): faster CPU matmuls, packed in the dtype they run in.
+        pack_frozen_linears(model, autocast_dtype or torch.float32)
+        use_fast_elementwise(model)  # RMSNorm and rotary embedding with short backward passes
+        return "cpu"
+    return "liger" if use_liger_kernels(model, device) else "none"
 
 
 def enable_gradient_checkpointing(policy: Policy) -> None:

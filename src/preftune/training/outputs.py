@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from preftune.training.checkpoint import atomic_dir, save_weights
 from preftune.training.modeling import REFERENCE_ADAPTER, Policy
 
@@ -67,11 +69,14 @@ def write_report(output_dir: Path, report: dict[str, Any]) -> None:
     write_text_atomic(output_dir / REPORT_FILE, json.dumps(report, indent=2, default=str) + "\n")
 
 
-def write_final_weights(policy: Policy, output_dir: Path) -> Path:
-    """`adapter/` (PEFT) for LoRA, `model/` for full fine-tuning."""
+def write_final_weights(
+    policy: Policy, output_dir: Path, state_dict: dict[str, torch.Tensor] | None = None
+) -> Path:
+    """`adapter/` (PEFT) for LoRA, `model/` for full fine-tuning (from `state_dict` when given:
+    the gathered weights of a sharded model)."""
     final = output_dir / ("adapter" if policy.lora else "model")
     with atomic_dir(final) as tmp:
-        save_weights(policy, tmp)
+        save_weights(policy, tmp, state_dict)
     return final
 
 

@@ -9,9 +9,11 @@ cut. Evaluation runs the same accumulation without gradients.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -24,13 +26,19 @@ class StepTotals:
 
     loss: float = 0.0
     tokens: int = 0
-    metrics: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    # Per-example metrics as [sum, count] (float64 sums): added over passes, and over ranks.
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+
+    def add_metrics(self, metrics: Mapping[str, torch.Tensor], counted: bool = True) -> None:
+        for key, value in metrics.items():
+            entry = self.metrics.setdefault(key, [0.0, 0.0])
+            if counted:
+                entry[0] += float(value.detach().double().sum())
+                entry[1] += float(value.numel())
 
     def mean_metrics(self) -> dict[str, float]:
         """Per-example metrics averaged over every example of the step."""
-        return {
-            key: float(torch.cat(values).float().mean()) for key, values in self.metrics.items() if values
-        }
+        return {key: total / count for key, (total, count) in self.metrics.items() if count}
 
 
 class Stopped(Exception):
@@ -42,24 +50,34 @@ def accumulate(
     normalisers: Mapping[str, float],
     compute: Callable[[list[int]], tuple[LossTerms, int]],
     should_stop: Callable[[], bool],
+    *,
+    padding: int = 0,
+    loss_scale: float = 1.0,
+    grad_sync: Callable[[bool], contextlib.AbstractContextManager[Any]] | None = None,
 ) -> StepTotals:
     """Run `compute` (the loss terms and token count of some examples) on each pass, backpropagate
     each pass's share of the step's loss when gradients are on, and add everything up.
 
-    Raises `Stopped` before a pass when `should_stop()`; the gradients of a stopped step are discarded
-    by the caller."""
+    With several processes (`training.distributed`): the last `padding` passes only keep this rank
+    in step with the others (their share is multiplied by 0 and nothing of them is counted);
+    `loss_scale` multiplies what is backpropagated (the world size, where gradients are averaged);
+    `grad_sync(last)` is entered around each backward. Raises `Stopped` before a pass when
+    `should_stop()`; the gradients of a stopped step are discarded by the caller."""
     totals = StepTotals()
-    for ids in passes:
+    for k, ids in enumerate(passes):
         if should_stop():
             raise Stopped
+        counted = k < len(passes) - padding
         terms, tokens = compute(ids)
         share = terms.scaled(normalisers)
+        if not counted:
+            share = share * 0.0
         if share.requires_grad:
-            share.backward()
+            with grad_sync(k == len(passes) - 1) if grad_sync else contextlib.nullcontext():
+                (share * loss_scale if loss_scale != 1.0 else share).backward()
         totals.loss += float(share.detach())
-        totals.tokens += tokens
-        for key, value in terms.metrics.items():
-            totals.metrics.setdefault(key, []).append(value.detach().float().cpu())
+        totals.tokens += tokens if counted else 0
+        totals.add_metrics(terms.metrics, counted)
     return totals
 
 
@@ -70,9 +88,8 @@ def clip_and_step(
 
     Returns (gradient norm before clipping, the learning rate the step used)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    grad_norm = float(
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf)
-    )
+    norm: Any = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf)
+    grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
     lr = float(scheduler.get_last_lr()[0])
     optimizer.step()
     scheduler.step()

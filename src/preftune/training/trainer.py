@@ -42,10 +42,20 @@ from preftune.training.checkpoint import (
     set_rng_state,
 )
 from preftune.training.dataset import TokenizedData, check_file, tokenize_file
+from preftune.training.distributed import (
+    Group,
+    Launch,
+    agreed,
+    choose_strategy,
+    rank_passes,
+    reduce_totals,
+)
+from preftune.training.distributed import start as start_group
+from preftune.training.distributed import stop as stop_group
 from preftune.training.evaluation import EVAL_FILE, clean, evaluate_examples
 from preftune.training.logps import sequence_logps
 from preftune.training.losses import ExampleLogps, LossTerms, SequenceLogps, loss_for, step_normalisers
-from preftune.training.memory import MemoryPlan, plan_memory, split_by_tokens
+from preftune.training.memory import MemoryPlan, plan_memory
 from preftune.training.modeling import (
     Policy,
     enable_gradient_checkpointing,
@@ -64,7 +74,7 @@ from preftune.training.outputs import (
 )
 from preftune.training.packing import PackedBatch, pack
 from preftune.training.result import TrainResult
-from preftune.training.sampling import epoch_steps, micro_batches, steps_per_epoch
+from preftune.training.sampling import epoch_steps, steps_per_epoch
 from preftune.training.schedule import build_scheduler
 from preftune.training.step import StepTotals, Stopped, accumulate, clip_and_step
 from preftune.training.tracking import wandb_callbacks
@@ -85,16 +95,24 @@ def train(
     models_dir: Path,
     resume: bool = False,
     callbacks: TrainCallbacks | None = None,
+    device: str = "auto",
+    launch: Launch | None = None,
 ) -> TrainResult:
     """Train `model` on `training_file` as `spec` says; write outputs to `output_dir`.
 
-    User errors raise `DataValidationError`, `TrainingSpecError`, `ModelNotFoundError` or
+    `device` is the `device` setting (auto, cpu, cuda, cuda:N); `launch` says which process of a
+    torchrun/Ray launch this is (`training.distributed`): every rank calls `train` alike, rank 0
+    alone writes metrics, events and final weights, and the other ranks' `callbacks` are not
+    called. User errors raise `DataValidationError`, `TrainingSpecError`, `ModelNotFoundError` or
     `InvalidRequestError`; anything else that goes wrong raises `TrainingError`.
     """
+    launch = launch or Launch()
     hooks = callbacks or TrainCallbacks()
-    tracker = wandb_callbacks(spec, output_dir=Path(output_dir))
+    tracker = wandb_callbacks(spec, output_dir=Path(output_dir)) if launch.rank == 0 else None
     if tracker is not None:
         hooks = CallbackList([hooks, tracker])
+    if launch.rank != 0:
+        hooks = _StopOnly(hooks)
     run = _Run(
         spec,
         model,
@@ -104,6 +122,8 @@ def train(
         Path(models_dir),
         resume,
         hooks,
+        device,
+        launch,
     )
     try:
         result = run.execute()
@@ -130,6 +150,16 @@ def train(
     return result
 
 
+class _StopOnly(TrainCallbacks):
+    """A rank other than 0: its events and metrics go nowhere (rank 0 reports the run)."""
+
+    def __init__(self, inner: TrainCallbacks) -> None:
+        self.inner = inner
+
+    def should_stop(self) -> bool:
+        return self.inner.should_stop()
+
+
 class _Run:
     """State of one run; `execute()` does the work."""
 
@@ -143,8 +173,12 @@ class _Run:
         models_dir: Path,
         resume: bool,
         callbacks: TrainCallbacks,
+        device: str = "auto",
+        launch: Launch | None = None,
     ) -> None:
         self.spec = spec
+        self.device_setting = device
+        self.launch = launch or Launch()
         self.model_name = model
         self.training_file = training_file
         self.validation_file = validation_file
@@ -175,7 +209,7 @@ class _Run:
             )
 
     def _load(self) -> None:
-        set_threads()
+        set_threads(self.launch.local_world_size)
         keep_freed_memory()
         self._check_output_dir()
         base_path = resolve_model(self.model_name, self.models_dir)
@@ -200,7 +234,10 @@ class _Run:
         if self.validation_file is not None:
             eval_format = check_file(self.validation_file, self.spec, "validation_file")
         self.base_path = base_path
-        self.policy: Policy = load_policy(self.spec, base_path, select_device())
+        device = select_device(self.device_setting, self.launch.local_rank)
+        self.group: Group = start_group(self.launch, device)
+        self.should_stop = agreed(self.callbacks.should_stop, self.group)
+        self.policy: Policy = load_policy(self.spec, base_path, device)
         self.train_data: TokenizedData = tokenize_file(
             self.training_file,
             self.spec,
@@ -232,6 +269,10 @@ class _Run:
         )
         if self.memory.gradient_checkpointing:
             enable_gradient_checkpointing(self.policy)
+        # DDP / FSDP wrap (and FSDP shards) the model before the optimizer sees its parameters.
+        self.strategy = choose_strategy(
+            self.policy.model, self.policy.lora, self.group, self.policy.autocast_dtype
+        )
         self.effective_batch = spec.batch_size * spec.gradient_accumulation_steps
         self.steps_per_epoch = steps_per_epoch(len(self.train_data.examples), self.effective_batch)
         total = self.steps_per_epoch * spec.n_epochs
@@ -291,7 +332,7 @@ class _Run:
         )
         reference = None if reuse else self._reference_logps(batch, split, ids)
         with self._autocast():
-            sums, counts = sequence_logps(self.policy.model, batch)
+            sums, counts = self.strategy.logps(batch)
         if reuse:
             reference = sums.detach()
             memo = self.reference_memo.setdefault(split, {})
@@ -316,20 +357,32 @@ class _Run:
         self.policy.model.eval()
         splits = {"train": self.train_data, **({"eval": self.eval_data} if self.eval_data else {})}
         for split, data in splits.items():
-            out = torch.zeros(len(data.examples), 2)
-            with torch.no_grad(), self._autocast():
-                for start in range(0, len(data.examples), self.spec.batch_size):
-                    if self.callbacks.should_stop():
-                        raise Stopped
-                    ids = list(range(start, min(start + self.spec.batch_size, len(data.examples))))
-                    sums, _ = sequence_logps(self.policy.model, self._batch(data, ids))
-                    out[ids] = sums.float().reshape(-1, 2).cpu()
-            self.reference_cache[split] = out
+            self.reference_cache[split] = self._reference_values(data)
         self.policy.model.train()
-        # Written atomically: a resumed run needs the starting weights' values, and only complete ones.
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(self.reference_cache, tmp)
-        os.replace(tmp, path)
+        if self.group.is_main:
+            # Written atomically: a resumed run needs the starting weights' values, and only complete ones.
+            tmp = path.with_name(f".{path.name}.tmp")
+            torch.save(self.reference_cache, tmp)
+            os.replace(tmp, path)
+
+    def _reference_values(self, data: TokenizedData) -> torch.Tensor:
+        """[N, 2] reference log-prob sums of `data`'s examples; each rank computes its share of the
+        batches (the same number of passes on every rank), then the shares are summed."""
+        size, n = self.spec.batch_size, len(data.examples)
+        batches = [list(range(start, min(start + size, n))) for start in range(0, n, size)]
+        world, rank = self.group.world_size, self.group.rank
+        mine = batches[rank::world]
+        rounds = -(-len(batches) // world)
+        out = torch.zeros(n, 2)
+        with torch.no_grad(), self._autocast():
+            for k in range(rounds):
+                if self.should_stop():
+                    raise Stopped
+                ids = mine[k] if k < len(mine) else batches[0]  # padding: computed, not kept
+                sums, _ = self.strategy.logps(self._batch(data, ids))
+                if k < len(mine):
+                    out[ids] = sums.float().reshape(-1, 2).cpu()
+        return self.group.all_sum(out)
 
     # --- evaluation ----------------------------------------------------------------------------
     def _evaluate(self, step: int) -> dict[str, Any]:
@@ -337,9 +390,12 @@ class _Run:
         assert self.eval_data is not None
         data = self.eval_data
         size = self.spec.batch_size
-        passes = [
-            list(range(i, min(i + size, len(data.examples)))) for i in range(0, len(data.examples), size)
-        ]
+        ids = list(range(len(data.examples)))
+        if self.group.distributed:
+            lengths = [e.length for e in data.examples]
+            passes, padding = rank_passes(ids, lengths, size, self.memory.tokens_per_forward, self.group)
+        else:
+            passes, padding = [ids[i : i + size] for i in range(0, len(ids), size)], 0
         self.policy.model.eval()
         try:
             with torch.no_grad():
@@ -347,11 +403,12 @@ class _Run:
                     passes,
                     step_normalisers(data.examples),
                     lambda ids: self._loss_terms(data, "eval", ids),
-                    self.callbacks.should_stop,
+                    self.should_stop,
+                    padding=padding,
                 )
         finally:
             self.policy.model.train()
-        return {**self._line(step, "eval", totals)}
+        return {**self._line(step, "eval", reduce_totals(totals, self.group))}
 
     def _line(self, step: int, split: str, totals: StepTotals) -> dict[str, Any]:
         return {
@@ -368,7 +425,6 @@ class _Run:
             "step": step,
             "epoch": step // self.steps_per_epoch,
             "step_in_epoch": step % self.steps_per_epoch,
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "totals": dict(totals),
             "spec": self.spec.public_dict(),
@@ -378,20 +434,22 @@ class _Run:
         if not self.resume:
             return 0, {}, None
         # Half-written directories of a killed run (their names start with a dot) are of no use.
-        for parent in (self.output_dir, self.output_dir / "checkpoints"):
-            for leftover in parent.glob(".*-*"):
-                if leftover.is_dir():
-                    shutil.rmtree(leftover, ignore_errors=True)
+        if self.group.is_main:
+            for parent in (self.output_dir, self.output_dir / "checkpoints"):
+                for leftover in parent.glob(".*-*"):
+                    if leftover.is_dir():
+                        shutil.rmtree(leftover, ignore_errors=True)
+        self.group.barrier()
         found = list_checkpoints(self.output_dir / "checkpoints")
         if not found:
             return 0, {}, None
         latest = found[-1]
-        state = load_checkpoint(self.policy, latest)
-        self.optimizer.load_state_dict(state["optimizer"])
+        state = load_checkpoint(self.policy, latest, self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         step = int(state["step"])
-        self.metrics.truncate_after(step)
+        if self.group.is_main:
+            self.metrics.truncate_after(step)
         return step, dict(state.get("totals", {})), latest
 
     def _emit(self, type_: str, message: str, data: dict[str, Any]) -> None:
@@ -465,6 +523,9 @@ class _Run:
                 "skipped": len(stats.skipped),
                 "truncated": cuts,
                 "device": str(self.policy.device),
+                "world_size": self.group.world_size,
+                "strategy": self.strategy.name,
+                "kernels": self.policy.kernels,
                 "precision": self.precision,
                 "loss": spec.loss_name + ("+rpo" if spec.uses_rpo else ""),
                 "tokens_per_forward": self.memory.tokens_per_forward,
@@ -479,25 +540,29 @@ class _Run:
             self.order = {epoch: epoch_steps(self.lengths, self.effective_batch, self.spec.seed, epoch)}
         return self.order[epoch][index]
 
-    def _passes(self, step_ids: list[int]) -> list[list[int]]:
-        """Micro-batches of batch_size examples, each cut into passes that fit the memory plan."""
-        return [
-            run
-            for group in micro_batches(step_ids, self.spec.batch_size)
-            for run in split_by_tokens(group, self.lengths, self.memory.tokens_per_forward)
-        ]
+    def _passes(self, step_ids: list[int]) -> tuple[list[list[int]], int]:
+        """This rank's share of the step as micro-batches of batch_size examples, each cut into
+        passes that fit the memory plan; and how many trailing passes are padding (several ranks)."""
+        return rank_passes(
+            step_ids, self.lengths, self.spec.batch_size, self.memory.tokens_per_forward, self.group
+        )
 
     def _train_step(self, step: int) -> dict[str, Any]:
         """Accumulate one step's gradients, clip and step; the step's metrics line."""
         step_ids = self._step_examples(step)
         data = self.train_data
         started = time.perf_counter()
+        passes, padding = self._passes(step_ids)
         totals = accumulate(
-            self._passes(step_ids),
+            passes,
             step_normalisers([data.examples[i] for i in step_ids]),
             lambda ids: self._loss_terms(data, "train", ids),
-            self.callbacks.should_stop,
+            self.should_stop,
+            padding=padding,
+            loss_scale=self.strategy.loss_scale,
+            grad_sync=self.strategy.grad_sync if self.group.distributed else None,
         )
+        totals = reduce_totals(totals, self.group)
         grad_norm, lr = clip_and_step(self.optimizer, self.scheduler, self.spec.max_grad_norm)
         self.policy_is_reference = False
         elapsed = time.perf_counter() - started
@@ -517,8 +582,9 @@ class _Run:
         return per_step * (self.total_steps - step)
 
     def _log(self, line: dict[str, Any]) -> None:
-        """metrics.jsonl and the callbacks (progress bars, the job's events, W&B)."""
-        self.metrics.append(line)
+        """metrics.jsonl (rank 0) and the callbacks (progress bars, the job's events, W&B)."""
+        if self.group.is_main:
+            self.metrics.append(line)
         if line["split"] == "train":
             self.last_line = line
         else:
@@ -602,7 +668,13 @@ class _Run:
     def _save_checkpoint(self, step: int) -> Path:
         self.totals["wall_time_s"] = self.wall_before + time.perf_counter() - self.started
         path = save_checkpoint(
-            self.policy, self.output_dir / "checkpoints", step, self._state(step, self.totals)
+            self.policy,
+            self.output_dir / "checkpoints",
+            step,
+            self._state(step, self.totals),
+            optimizer=self.optimizer,
+            group=self.group,
+            full_state_dict=self.strategy.full_state_dict,
         )
         self.saved_step = step
         self.checkpoints = list_checkpoints(self.output_dir / "checkpoints")
@@ -629,22 +701,20 @@ class _Run:
         )
         if not stopped:
             if self.early_stopped and self.best is not None and int(self.best["step"]) != step:
-                # Early stopping hands back the best weights, not the last ones.
-                load_checkpoint(self.policy, self.output_dir / "checkpoints" / str(self.best["path"]))
-            final = write_final_weights(self.policy, self.output_dir)
-            if self.policy.lora:
-                result.adapter_path = final
-            else:
-                result.model_path = final
-            if self.spec.merge:
-                result.merged_path = write_merged(self.policy, self.output_dir)
+                # Early stopping hands back the best weights, not the last ones (every rank loads them).
+                best = self.output_dir / "checkpoints" / str(self.best["path"])
+                load_checkpoint(self.policy, best, self.optimizer)
+            self._write_final(result)
         self.totals["wall_time_s"] = self.wall_before + time.perf_counter() - self.started
         result.report = self._report(result, self.totals, self.last_eval, resumed_from, self.precision)
-        write_report(self.output_dir, result.report)
         if not stopped and self.eval_data is not None and self.is_dpo:
+            # Every rank runs the forward passes (a collective under FSDP); rank 0 writes.
             result.report["evaluation"] = self._final_evaluation()
+        if self.group.is_main:
             write_report(self.output_dir, result.report)
-        self._write_curves()
+            self._write_curves()
+        self.group.barrier()
+        stop_group(self.group)
         if not stopped:
             self._emit(
                 events.TRAINING_COMPLETE,
@@ -699,6 +769,8 @@ class _Run:
         if not has_reference:
             figures["base"] = None  # full fine-tuning without reference log-probs: no base figures
         figures = clean({"object": "evaluation.result", "model_name": self.model_name, **figures})
+        if not self.group.is_main:
+            return figures
         write_text_atomic(self.output_dir / EVAL_FILE, json.dumps(figures, indent=2) + "\n")
         base = figures.get("base") or {}
         self._emit(
@@ -709,6 +781,20 @@ class _Run:
             {**figures, "final": True},
         )
         return figures
+
+    def _write_final(self, result: TrainResult) -> None:
+        """The final adapter or model (and merged model), written once, by rank 0."""
+        weights = self.strategy.full_state_dict()  # a collective under FSDP: every rank takes part
+        final = self.output_dir / ("adapter" if self.policy.lora else "model")
+        if self.group.is_main:
+            final = write_final_weights(self.policy, self.output_dir, weights)
+        if self.policy.lora:
+            result.adapter_path = final
+        else:
+            result.model_path = final
+        if self.spec.merge:
+            merged = self.output_dir / "merged"
+            result.merged_path = write_merged(self.policy, self.output_dir) if self.group.is_main else merged
 
     def _report(
         self,
@@ -740,6 +826,9 @@ class _Run:
             "best_checkpoint": self.best,
             "early_stopped": self.early_stopped,
             "device": str(self.policy.device),
+            "world_size": self.group.world_size,
+            "strategy": self.strategy.name,
+            "kernels": self.policy.kernels,
             "precision": precision,
             "gradient_checkpointing": self.policy.gradient_checkpointing,
             "tokens_per_forward": self.memory.tokens_per_forward,

@@ -55,6 +55,7 @@ def create_fine_tune(
         validation_file=body.validation_file,
         params=body.spec_params(),
         idempotency_key=idempotency_key,
+        resources=body.resources.model_dump() if body.resources else None,
         blobs=blobs,
     )
     return presenters.job_object(job)

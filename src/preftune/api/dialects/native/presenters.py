@@ -70,6 +70,7 @@ def job_object(row: models.Job) -> schemas.FineTuneJob:
         output_name=row.output_name,
         error=job_error(row),
         attempts=row.attempts or 0,
+        resources={"processes_per_node": 1, "nodes": 1, **(row.resources or {})},
     )
 
 

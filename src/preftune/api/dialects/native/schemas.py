@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from preftune.contracts.resources import Resources
 from preftune.contracts.spec import TrainingSpec
 
 RESOURCE_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -59,6 +60,12 @@ class FineTuneCreate(TrainingSpec):
         description="Base model: an embedded model (smollm2-135m-instruct), a model directory on the server, "
         "or a hub id in the server's Hugging Face cache."
     )
+    resources: Resources | None = Field(
+        default=None,
+        description="Processes per node and nodes to train on (default: one process). With several, the "
+        "runner launches them through torch.distributed; the global batch stays batch_size x "
+        "gradient_accumulation_steps.",
+    )
 
     def spec_params(self) -> dict[str, Any]:
         """The knobs the caller set (defaults are filled by `TrainingSpec` itself)."""
@@ -106,6 +113,10 @@ class FineTuneJob(BaseModel):
     output_name: str | None = Field(default=None, description="ft:<base>:<suffix>:<job id> once completed.")
     error: JobError | None = None
     attempts: int = 0
+    resources: dict[str, int] = Field(
+        default_factory=lambda: {"processes_per_node": 1, "nodes": 1},
+        description="What the job trains on: processes_per_node, nodes.",
+    )
 
 
 class JobEvent(BaseModel):
