@@ -79,12 +79,15 @@ class InsufficientStorageError(PreftuneError):
     error_type = "server_error"
 
 
-# How a full disk reads in the messages of libraries that drop the errno (Rust's std::io, SQLite).
+# How a full disk reads in the messages of libraries that drop the errno (Rust's std::io, SQLite, and
+# PyTorch's zip writer, which DCP uses: a short write on a full disk is "unexpected pos N vs M").
 _DISK_FULL_TEXT = (
     "no space left on device",
     "disk quota exceeded",
     "os error 28",
     "database or disk is full",
+    "unexpected pos",
+    "pytorchstreamwriter failed writing file",
 )
 
 

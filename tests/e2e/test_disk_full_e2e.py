@@ -215,7 +215,7 @@ def test_a_checkpoint_write_on_a_full_disk_resumes_once_space_returns(
                 "retry after the disk filled",
             )
             retry = next(e for e in events if e["type"] == "JOB_RETRY")
-            assert retry["data"]["code"] == "insufficient_storage", retry
+            assert retry["data"]["code"] == "insufficient_storage", (retry["message"], retry["data"])
             assert "the disk is full" in retry["message"] and "step-3" in retry["message"], retry
             # The failed write left nothing under a real name, nor a hidden partial copy.
             _assert_only_complete_checkpoints(job_dir, [3])

@@ -175,8 +175,9 @@ def save_checkpoint(
         if group.is_main:
             _commit(tmp, final)
         group.barrier()  # the step directory is in place for everyone
-    except Exception as exc:
-        # safetensors and tokenizers (Rust) report a full disk only in their message: is_disk_full reads both.
+    except BaseException as exc:  # DCP's CheckpointException is a BaseException, not an Exception
+        # safetensors and tokenizers (Rust) report a full disk only in their message, DCP in its failures'
+        # text: is_disk_full reads errno and message.
         if not is_disk_full(exc):
             raise
         done = list_checkpoints(checkpoints_dir)
