@@ -14,6 +14,7 @@ raw bytes there without its API key, then calls `POST /v1/files/{id}/preprocess`
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 from fastapi import APIRouter, Form, Path, Query, Request
@@ -127,7 +128,9 @@ def _base_model(session: SessionDep, owner_id: str, name: str, settings: Setting
     return name
 
 
+@functools.cache
 def _maximum(name: str) -> int:
+    """A knob's upper bound from TrainingSpec's schema (built once per knob, not per request)."""
     schema = TrainingSpec.model_json_schema()["properties"][name]
     return int(schema.get("maximum", 0))
 
