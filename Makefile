@@ -35,8 +35,9 @@ fuzz: setup
 	PREFTUNE_FUZZ_EXAMPLES=$${PREFTUNE_FUZZ_EXAMPLES:-400} PREFTUNE_FUZZ_RANDOM=1 \
 		$(VENV)/bin/pytest tests/api/test_fuzz_openapi.py -q -s -p no:randomly
 
-# The inner loop: no Chromium, no PostgreSQL, no real 135M model or long run (CI runs them all through
-# `make test`), one pytest worker per core: most of a test's time is a server or a child waiting.
+# The inner loop (under 3 minutes on 2 cores): no Chromium, no PostgreSQL, no real 135M model, no long
+# run and no whole multi-process flow over ~10 s (`slow`; CI runs them all through `make test`); one
+# pytest worker per core.
 test-fast: setup
 	$(VENV)/bin/pytest -q -n $${PREFTUNE_TEST_WORKERS:-auto} -m "not browser and not postgres and not slow"
 

@@ -85,6 +85,7 @@ def _fuzz(operation: Any, mode: GenerationMode, headers: dict[str, str]) -> tupl
     return sent, None
 
 
+@pytest.mark.slow
 def test_no_input_makes_a_server_error_or_breaks_the_schema(fuzz_target: dict[str, Any]) -> None:
     # One loop over the operations rather than schemathesis' pytest plugin (which breaks on pytest 9):
     # every failure of every operation is collected, then reported together.

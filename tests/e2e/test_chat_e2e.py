@@ -40,6 +40,7 @@ def _local_answer(base: Path, adapter: Path | None, max_tokens: int) -> str:
     return "".join(e.text for e in events if isinstance(e, TextDelta))
 
 
+@pytest.mark.slow
 def test_chat_with_a_trained_model(
     client_env: Any, orca_path: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

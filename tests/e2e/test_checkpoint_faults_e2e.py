@@ -94,6 +94,7 @@ def orca_16(orca_path: Path, tmp_path: Path) -> Path:
     return first_lines(orca_path, tmp_path / "orca-16.jsonl", 16)
 
 
+@pytest.mark.slow
 def test_trainer_killed_inside_a_checkpoint_write_resumes_from_the_previous_checkpoint(
     tmp_path: Path, orca_16: Path, tiny_model_dir: Path
 ) -> None:

@@ -115,6 +115,7 @@ def crash_server(request: pytest.FixtureRequest, fresh_server: Any) -> Any:
     return fresh_server
 
 
+@pytest.mark.slow
 def test_sigkill_mid_upload_and_create_loses_nothing_acknowledged(
     crash_server: Any, orca_path: Path, tiny_model_dir: Path
 ) -> None:

@@ -241,6 +241,7 @@ def database_env(request: pytest.FixtureRequest) -> dict[str, str]:
     return {}
 
 
+@pytest.mark.slow
 def test_a_checkpoint_write_on_a_disk_that_stays_full_fails_the_job_clearly(
     tmp_path: Path, orca_path: Path, tiny_model_dir: Path, database_env: dict[str, str]
 ) -> None:

@@ -16,6 +16,7 @@ from preftune.cli.main import app
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.slow
 def test_a_two_process_job_through_the_api(
     client_env: Any, orca_path: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

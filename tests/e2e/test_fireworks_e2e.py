@@ -20,6 +20,7 @@ pytestmark = pytest.mark.e2e
 JOB_TIMEOUT = 420.0
 
 
+@pytest.mark.slow
 def test_fireworks_dataset_dpo_job_deployment_and_chat(
     server: ServeProcess, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

@@ -67,6 +67,7 @@ def _garbage(total: int) -> Iterator[bytes]:
         yield line
 
 
+@pytest.mark.slow
 def test_server_killed_mid_200mb_multipart_upload_leaves_no_parts_and_no_record(
     tmp_path: Path, s3_server: str, s3_bucket: str
 ) -> None:

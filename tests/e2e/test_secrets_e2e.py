@@ -21,6 +21,7 @@ JOB_TIMEOUT = 420.0
 HOLDERS = {"credentials", "secret.key"}
 
 
+@pytest.mark.slow
 def test_no_secret_in_any_response_log_event_or_file(
     server: Any, orca_path: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

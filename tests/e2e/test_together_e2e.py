@@ -55,6 +55,7 @@ def _tar_names(data: bytes) -> set[str]:
         return {Path(m.name).name for m in tar.getmembers()}
 
 
+@pytest.mark.slow
 def test_together_sdk_dpo_lora_to_completion_download_and_continue(
     server: ServeProcess, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -167,6 +168,7 @@ def _cli(server: ServeProcess, home: Path, *args: str, cwd: Path | None = None, 
     return done.stdout if ok else done.stdout + done.stderr
 
 
+@pytest.mark.slow
 def test_together_cli_preference_flow(server: ServeProcess, tiny_model_dir: Path, tmp_path: Path) -> None:
     home = tmp_path / "cli-home"
     home.mkdir()

@@ -58,6 +58,7 @@ def _run_until_done(runner: Runner, outcomes: list[AttemptOutcome], deadline: fl
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the ranks through /proc (Linux)")
+@pytest.mark.slow
 def test_a_killed_rank_fails_the_attempt_and_the_job_resumes(
     db: Database, settings: Settings, owner_id: str, orca_file_id: str, tiny_model_dir: Path
 ) -> None:

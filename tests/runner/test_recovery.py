@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from helpers.server import child_env, preftune_command
 from preftune.config import Settings
 from preftune.runner.worker import Runner
@@ -41,6 +43,7 @@ def _start_worker(settings: Settings) -> subprocess.Popen[bytes]:
     )
 
 
+@pytest.mark.slow
 def test_killed_runner_job_resumes_from_its_checkpoint_and_completes(
     db: Database, settings: Settings, owner_id: str, make_job: Any, tiny_model_dir: Path
 ) -> None:

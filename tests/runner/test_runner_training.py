@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from preftune.config import Settings
 from preftune.runner.worker import Runner
 from preftune.service import jobs as job_service
@@ -90,6 +92,7 @@ def test_cancel_stops_training_and_keeps_the_last_checkpoint(
     assert not (settings.jobs_dir / job_id / "adapter").exists()
 
 
+@pytest.mark.slow
 def test_a_job_with_validation_data_shows_its_eval_metrics_and_best_checkpoint(
     db: Database, settings: Settings, owner_id: str, make_job: Any
 ) -> None:

@@ -56,6 +56,7 @@ def _assert_same_run(one: Path, two: Path, lora: bool) -> None:
 
 
 @pytest.mark.parametrize("lora", [True, False], ids=["lora-ddp", "full-fsdp2"])
+@pytest.mark.slow
 def test_two_processes_train_what_one_trains(
     lora: bool, tiny_model_dir: Path, pairs_file: Path, tmp_path: Path
 ) -> None:

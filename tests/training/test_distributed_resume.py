@@ -65,6 +65,7 @@ def _assert_same_continuation(reference: Path, resumed: Path) -> None:
     assert report["resumed_from"].endswith("step-2")
 
 
+@pytest.mark.slow
 def test_resume_on_another_world_size(tiny_model_dir: Path, pairs_file: Path, tmp_path: Path) -> None:
     kwargs = {"model": str(tiny_model_dir), "training_file": pairs_file, "models_dir": tmp_path / "models"}
     one = tmp_path / "one"
