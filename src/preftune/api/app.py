@@ -28,12 +28,6 @@ from preftune.store.db import open_database
 
 log = logging.getLogger("preftune.api")
 
-# Beside the dialects: evaluations and the curve pictures (native resources, one module each).
-CORE_ROUTERS = [
-    *DIALECT_ROUTERS,
-    ("preftune.api.routes.evaluations", "/v1"),
-    ("preftune.api.routes.curves", "/v1"),
-]
 # Not present in every build: the inference routes (they need the engine) and the console.
 OPTIONAL_ROUTERS = [*OPTIONAL_DIALECT_ROUTERS, ("preftune.api.routes.console", "")]
 
@@ -49,7 +43,7 @@ def _optional(module_name: str) -> ModuleType | None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    modules = [(importlib.import_module(name), prefix) for name, prefix in CORE_ROUTERS]
+    modules = [(importlib.import_module(name), prefix) for name, prefix in DIALECT_ROUTERS]
     modules += [(m, prefix) for name, prefix in OPTIONAL_ROUTERS if (m := _optional(name)) is not None]
 
     @asynccontextmanager

@@ -1,6 +1,7 @@
 """The API's dialects: one package per family of clients, each a thin mapping onto `preftune.service`.
 
-- `native`:    preftune's own routes (`/v1/files`, `/v1/fine-tunes`, `/v1/keys`), for preftune's
+- `native`:    preftune's own routes (`/v1/files`, `/v1/fine-tunes`, `/v1/keys`, `/v1/evaluations`,
+               `/v1/fine-tunes/{id}/curves.png`), for preftune's
                SDK, CLI and console.
 - `openai`:    the `openai` client (`/v1/fine_tuning/jobs`, `/v1/chat/completions`, `/v1/models`,
                `/v1/deployments`).
@@ -30,6 +31,8 @@ DIALECT_ROUTERS: list[tuple[str, str]] = [
     ("preftune.api.dialects.native.keys", "/v1"),
     ("preftune.api.dialects.openai.jobs", "/v1"),
     ("preftune.api.dialects.fireworks.routes", "/v1"),
+    ("preftune.api.dialects.native.evaluations", "/v1"),
+    ("preftune.api.dialects.native.curves", "/v1"),
 ]
 # Present only where their dependencies are (the inference engine).
 OPTIONAL_DIALECT_ROUTERS: list[tuple[str, str]] = [

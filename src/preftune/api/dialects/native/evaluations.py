@@ -9,15 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.orm import Session
 
-from preftune.api.deps import get_db, get_owner, get_settings
-from preftune.api.pagination import ListResponse
-from preftune.config import Settings
+from preftune.api.deps import CallerDep, SessionDep, SettingsDep
+from preftune.api.pagination import ListResponse, list_response
 from preftune.service import evaluations as evaluation_service
-from preftune.service.keys import Caller
 from preftune.store.models import Evaluation
 
 router = APIRouter(tags=["evaluations"])
@@ -90,9 +87,9 @@ def _present(row: Evaluation) -> EvaluationObject:
 )
 def create_evaluation(
     body: EvaluationCreate,
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
-    settings: Settings = Depends(get_settings),
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> EvaluationObject:
     """Checks the file (processed preference pairs, yours) and the model, then queues the evaluation."""
     row = evaluation_service.create_evaluation(
@@ -109,25 +106,19 @@ def create_evaluation(
 
 @router.get("/evaluations", response_model=ListResponse[EvaluationObject], summary="Your evaluations")
 def list_evaluations(
+    caller: CallerDep,
+    session: SessionDep,
     limit: int = Query(20, ge=1, le=100),
     after: str | None = Query(None, description="The last id of the previous page."),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
 ) -> ListResponse[EvaluationObject]:
     page = evaluation_service.list_evaluations(session, caller.owner_id, limit=limit, after=after)
-    data = [_present(row) for row in page.data]
-    return ListResponse[EvaluationObject](
-        data=data,
-        has_more=page.has_more,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return list_response([_present(row) for row in page.data], has_more=page.has_more)
 
 
 @router.get("/evaluations/{evaluation_id}", response_model=EvaluationObject, summary="One evaluation")
 def retrieve_evaluation(
+    caller: CallerDep,
+    session: SessionDep,
     evaluation_id: str = Path(description="eval-… id"),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
 ) -> EvaluationObject:
     return _present(evaluation_service.get_evaluation(session, caller.owner_id, evaluation_id))

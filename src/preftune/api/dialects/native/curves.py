@@ -6,15 +6,12 @@ still running is drawn from its stored metric lines at each request.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Path
 from fastapi.responses import FileResponse, Response
-from sqlalchemy.orm import Session
 
-from preftune.api.deps import get_db, get_owner, get_settings
-from preftune.config import Settings
+from preftune.api.deps import CallerDep, SessionDep, SettingsDep
 from preftune.contracts.curves import CURVES_FILE, render_curves
 from preftune.service import jobs as job_service
-from preftune.service.keys import Caller
 from preftune.service.states import TERMINAL
 
 router = APIRouter(tags=["fine-tunes"])
@@ -27,10 +24,10 @@ router = APIRouter(tags=["fine-tunes"])
     summary="A job's training and eval curves (PNG)",
 )
 def fine_tune_curves(
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
     job_id: str = Path(description="ftjob-… id"),
-    caller: Caller = Depends(get_owner),
-    session: Session = Depends(get_db),
-    settings: Settings = Depends(get_settings),
 ) -> Response:
     job = job_service.get_job(session, caller.owner_id, job_id)
     written = job_service.job_dir(settings, job.id) / CURVES_FILE
