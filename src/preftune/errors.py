@@ -80,13 +80,13 @@ class InsufficientStorageError(PreftuneError):
 
 
 # How a full disk reads in the messages of libraries that drop the errno (Rust's std::io, SQLite, and
-# PyTorch's zip writer, which DCP uses: a short write on a full disk is "unexpected pos N vs M").
+# `torch.save` to a path, whose C++ writer raises a RuntimeError). DCP's writes keep their OSError
+# themselves (training/checkpoint.py).
 _DISK_FULL_TEXT = (
     "no space left on device",
     "disk quota exceeded",
     "os error 28",
     "database or disk is full",
-    "unexpected pos",
     "pytorchstreamwriter failed writing file",
 )
 

@@ -146,6 +146,48 @@ def trainable_state(model: Any, optimizer: torch.optim.Optimizer) -> dict[str, A
     }
 
 
+class _WriteErrorsKept:
+    """A DCP stream that remembers the OSError of a failed write before it is lost.
+
+    DCP runs each rank's writes inside its own error collection and re-raises a
+    `CheckpointException` that carries only the failures' text, and `torch.save` into a Python
+    stream reports a short write as "unexpected pos N vs M": without this, a full disk under DCP
+    is indistinguishable from any other failure."""
+
+    def __init__(self, stream: Any, errors: list[OSError]) -> None:
+        self._stream = stream
+        self._errors = errors
+
+    def write(self, data: Any) -> int:
+        try:
+            written: int = self._stream.write(data)
+        except OSError as exc:
+            self._errors.append(exc)
+            raise
+        return written
+
+    def __getattr__(self, name: str) -> Any:  # tell, flush, fileno, close: the real stream's
+        return getattr(self._stream, name)
+
+
+def _dcp_writer(path: Path) -> tuple[Any, list[OSError]]:
+    """DCP's file-system writer for `path`, and the list its failed writes' OSErrors land in."""
+    from torch.distributed.checkpoint import FileSystemWriter
+    from torch.distributed.checkpoint.filesystem import FileSystem
+
+    errors: list[OSError] = []
+
+    class _FileSystem(FileSystem):
+        @contextlib.contextmanager
+        def create_stream(self, path: str | os.PathLike[str], mode: str) -> Iterator[Any]:
+            with super().create_stream(path, mode) as stream:
+                yield _WriteErrorsKept(stream, errors) if "w" in mode else stream
+
+    writer = FileSystemWriter(path)
+    writer.fs = _FileSystem()
+    return writer, errors
+
+
 def save_checkpoint(
     policy: Policy,
     checkpoints_dir: Path,
@@ -162,8 +204,9 @@ def save_checkpoint(
 
     final = checkpoints_dir / f"step-{step}"
     tmp = Path(group.broadcast(str(_temporary_sibling(final)) if group.is_main else None))
+    writer, write_errors = _dcp_writer(tmp / DCP_DIR)
     try:
-        dcp.save(trainable_state(policy.model, optimizer), checkpoint_id=tmp / DCP_DIR)
+        dcp.save(trainable_state(policy.model, optimizer), storage_writer=writer)
         weights = full_state_dict()  # a collective under FSDP
         if group.is_main:
             save_weights(policy, tmp, weights)
@@ -176,9 +219,9 @@ def save_checkpoint(
             _commit(tmp, final)
         group.barrier()  # the step directory is in place for everyone
     except BaseException as exc:  # DCP's CheckpointException is a BaseException, not an Exception
-        # safetensors and tokenizers (Rust) report a full disk only in their message, DCP in its failures'
-        # text: is_disk_full reads errno and message.
-        if not is_disk_full(exc):
+        # DCP's failed writes keep their OSError in write_errors; safetensors and tokenizers (Rust)
+        # report a full disk only in their message: is_disk_full reads errno and message.
+        if not (is_disk_full(exc) or any(is_disk_full(error) for error in write_errors)):
             raise
         done = list_checkpoints(checkpoints_dir)
         last = f"the last complete one is {done[-1].name}" if done else "there is no complete one yet"
