@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     )
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     max_job_attempts: int = Field(default=3, ge=1, description="Runs of a job before it ends in error.")
+    retry_backoff_seconds: float = Field(
+        default=15.0,
+        ge=0,
+        description="The wait before a failed job's first retry, doubled for each later one (at most 10 "
+        "minutes): a full disk or a dead node gets time to be mended before the next attempt.",
+    )
     adapter_cache_size: int = Field(default=8, ge=1, description="LoRA adapters kept loaded per base model.")
     allow_on_demand_load: bool = Field(
         default=True, description="Load a model without a deployment on first request (cold start)."

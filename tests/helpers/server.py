@@ -89,8 +89,12 @@ class ServeProcess:
         return httpx.Client(base_url=f"{self.base_url}/v1", headers=self.headers(key), timeout=60)
 
     def start(self) -> None:
-        # A lease long enough that a busy CI machine never loses a healthy job to expiry.
-        defaults = {"PREFTUNE_LEASE_SECONDS": "60", "PREFTUNE_HEARTBEAT_SECONDS": "2"}
+        # A lease long enough that a busy CI machine never loses a healthy job to expiry; a retry after 1 s.
+        defaults = {
+            "PREFTUNE_LEASE_SECONDS": "60",
+            "PREFTUNE_HEARTBEAT_SECONDS": "2",
+            "PREFTUNE_RETRY_BACKOFF_SECONDS": "1",
+        }
         env = child_env(self.home, **(defaults | self.env))
         assert self.log_path is not None
         with self.log_path.open("ab") as log:

@@ -19,8 +19,14 @@ from preftune.store.db import Database
 
 @pytest.fixture
 def settings(preftune_home: Path) -> Settings:
-    # A short lease and fast heartbeats so that recovery happens within seconds in tests.
-    return Settings(home=preftune_home, lease_seconds=3.0, heartbeat_seconds=0.5, max_job_attempts=3)
+    # A short lease, fast heartbeats and a short retry back-off so that recovery happens within seconds.
+    return Settings(
+        home=preftune_home,
+        lease_seconds=3.0,
+        heartbeat_seconds=0.5,
+        max_job_attempts=3,
+        retry_backoff_seconds=1.0,
+    )
 
 
 @pytest.fixture

@@ -36,6 +36,12 @@ def _expire_lease(db: Database, job_id: str) -> None:
         session.commit()
 
 
+def _end_backoff(db: Database, job_id: str) -> None:
+    with db.session() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(retry_after=time.time() - 1))
+        session.commit()
+
+
 def _types(db: Database, owner: str, job_id: str) -> list[str]:
     with db.session() as session:
         return [e.type for e in job_service.list_events(session, owner, job_id, limit=1000).data]
@@ -188,6 +194,7 @@ def test_failures_retry_then_end_in_error_with_the_cause(
     job_id = _queue(db, settings, alice.owner_id, orca_file_id, tiny_model_dir)
     with db.session() as session:
         for attempt in range(1, settings.max_job_attempts + 1):
+            _end_backoff(db, job_id)
             claimed = runs.claim_job(session, "r1", settings, blobs)
             assert claimed is not None and claimed.attempt == attempt
             job = runs.fail_job(
@@ -202,6 +209,36 @@ def test_failures_retry_then_end_in_error_with_the_cause(
     types = _types(db, alice.owner_id, job_id)
     assert types.count("JOB_RETRY") == settings.max_job_attempts - 1 and types[-1] == "JOB_ERROR"
     assert types.count("JOB_RESTARTED") == settings.max_job_attempts - 1
+
+
+def test_a_failed_attempt_is_retried_after_a_backoff_that_doubles(
+    db: Database, settings: Settings, blobs: BlobStore, alice: Any, orca_file_id: str, tiny_model_dir: Path
+) -> None:
+    """A full disk or a dead node rarely mends in a second: the retry waits, longer each time."""
+    settings = settings.model_copy(update={"retry_backoff_seconds": 20.0, "max_job_attempts": 3})
+    job_id = _queue(db, settings, alice.owner_id, orca_file_id, tiny_model_dir)
+    waits = []
+    with db.session() as session:
+        for _ in range(2):
+            claimed = runs.claim_job(session, "r1", settings, blobs)
+            assert claimed is not None
+            before = time.time()
+            job = runs.fail_job(
+                session, job_id, claimed.claim_token, settings, message="disk full", user_error=False
+            )
+            assert job.status == "queued" and job.retry_after is not None
+            waits.append(job.retry_after - before)
+            # Queued, but no runner takes it before its time; then one does.
+            assert runs.claim_job(session, "r1", settings, blobs) is None
+            _end_backoff(db, job_id)
+    assert waits[0] == pytest.approx(20.0, abs=1.0) and waits[1] == pytest.approx(40.0, abs=1.0)
+    with db.session() as session:
+        events = job_service.list_events(session, alice.owner_id, job_id, limit=1000).data
+        retries = [(e.message, e.data or {}) for e in events if e.type == "JOB_RETRY"]
+    assert [data["retry_in_seconds"] for _, data in retries] == [20.0, 40.0]
+    assert "retried in 20 s" in retries[0][0]
+    many = settings.model_copy(update={"retry_backoff_seconds": 60.0})
+    assert runs.retry_backoff(many, 10) == runs.MAX_RETRY_BACKOFF_SECONDS
 
 
 def test_user_errors_are_not_retried(

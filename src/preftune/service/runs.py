@@ -71,9 +71,18 @@ class Heartbeat:
     cancel_requested: bool
 
 
+# The longest wait before a retry, however many attempts failed.
+MAX_RETRY_BACKOFF_SECONDS = 600.0
+
+
+def retry_backoff(settings: Settings, failed_attempts: int) -> float:
+    """Seconds to wait before the next attempt after `failed_attempts` failed ones (1, 2, ...)."""
+    return min(settings.retry_backoff_seconds * 2 ** max(failed_attempts - 1, 0), MAX_RETRY_BACKOFF_SECONDS)
+
+
 def _claimable(stamp: float) -> Any:
     return or_(
-        Job.status == JobStatus.QUEUED.value,
+        (Job.status == JobStatus.QUEUED.value) & or_(Job.retry_after.is_(None), Job.retry_after <= stamp),
         (Job.status == JobStatus.RUNNING.value) & (Job.lease_expires_at < stamp),
     )
 
@@ -540,6 +549,8 @@ def fail_job(
         ok or _raise_lost(session, job_id)
         add_event(session, job.id, EventType.JOB_USER_ERROR, message, {"code": code, "param": param})
     elif job.attempts < settings.max_job_attempts:
+        # Not at once: what failed the attempt (a full disk, a dead node) rarely mends in a second.
+        wait = retry_backoff(settings, job.attempts)
         ok = set_status(
             session,
             job,
@@ -549,14 +560,16 @@ def fail_job(
             runner_id=None,
             error_message=message,
             error_code=code,
+            retry_after=stamp + wait,
         )
         ok or _raise_lost(session, job_id)
         add_event(
             session,
             job.id,
             EventType.JOB_RETRY,
-            f"Attempt {job.attempts} of {settings.max_job_attempts} failed: {message}; the job will be retried",
-            {"attempt": job.attempts, "code": code},
+            f"Attempt {job.attempts} of {settings.max_job_attempts} failed: {message}; "
+            f"the job will be retried in {wait:.0f} s",
+            {"attempt": job.attempts, "code": code, "retry_in_seconds": wait},
         )
     else:
         final = f"failed after {job.attempts} attempts: {message}"

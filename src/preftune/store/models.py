@@ -116,6 +116,8 @@ class Job(Base):
     claim_token: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # A job queued again after a failed attempt is not claimed before this (the retry's back-off).
+    retry_after: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Progress, as last reported by the trainer.
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
