@@ -113,6 +113,8 @@ class Runner:
         except runs.LeaseLostError:
             log.warning("runner %s: lost the lease on job %s", self.runner_id, claimed.job_id)
             return AttemptOutcome("lease_lost", claimed.job_id)
+        finally:
+            claimed.release()  # its base model may leave the model cache again
 
     # --- evaluations ----------------------------------------------------------------------------
     def run_evaluation_once(self) -> str | None:
