@@ -125,6 +125,13 @@ class Settings(BaseSettings):
         description="With a remote blob store: bytes of blobs (training data) kept in HOME/blobs, least "
         "recently used evicted first.",
     )
+    model_cache_bytes: int = Field(
+        default=64 * 1024**3,
+        ge=0,
+        description="With a remote blob store: bytes of base models fetched from the bucket kept in "
+        "HOME/cache/models (by the sha256 of their manifest), least recently used evicted first; a model "
+        "a running job uses is never evicted.",
+    )
     stale_upload_seconds: float = Field(
         default=6 * 3600.0,
         ge=0,
@@ -147,6 +154,10 @@ class Settings(BaseSettings):
     @cached_property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @cached_property
+    def model_cache_dir(self) -> Path:
+        return self.home / "cache" / "models"
 
     @cached_property
     def jobs_dir(self) -> Path:

@@ -23,6 +23,7 @@ from preftune.api.app import create_app
 from preftune.config import Settings
 from preftune.service import keys as key_service
 from preftune.service import uploads as upload_service
+from preftune.store.db import Database
 
 
 def _pair(i: int) -> dict[str, Any]:
@@ -45,6 +46,8 @@ class Server:
     other_key: str
     settings: Settings
     data: Path
+    db: Database
+    owner_id: str
 
     def client(self, key: str | None = None) -> together.Together:
         return together.Together(api_key=key or self.key, base_url=self.base_url, max_retries=0)
@@ -63,7 +66,7 @@ def server(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Server]:
             bob = key_service.create_owner(session, "bob")
             _, other = key_service.create_key(session, bob.id, "b")
         data = _write(tmp_path / "pairs.jsonl", [_pair(i) for i in range(8)])
-        yield Server(base_url, key, other, settings, data)
+        yield Server(base_url, key, other, settings, data, app.state.db, alice.id)
 
 
 def test_upload_handshake_with_check_then_create_retrieve_list_cancel(server: Server) -> None:
@@ -268,7 +271,10 @@ def test_the_presigned_url_is_signed_expiring_single_use_size_limited_and_nothin
         server.client(server.other_key).files.retrieve(file_id)
 
     # Expired: a grant issued 1 s in the past.
-    _, expired = upload_service.issue_grant(server.settings, "owner-x", filename="a.jsonl", ttl_seconds=-1)
+    with server.db.session() as session:
+        _, expired = upload_service.issue_grant(
+            session, server.settings, server.owner_id, filename="a.jsonl", ttl_seconds=-1
+        )
     gone = httpx.put(f"{prefix}/{expired}", content=body)
     assert gone.status_code == 401 and "expired" in gone.json()["error"]["message"]
 

@@ -110,3 +110,29 @@ def test_a_blob_missing_from_the_bucket_fails_the_attempt_not_the_runner(
     retry = [e for e in events if e.type == "JOB_RETRY"]
     assert retry and "blob store" in retry[-1].message and s3_bucket in retry[-1].message
     db.dispose()
+
+
+def test_a_claim_holds_the_base_model_in_the_cache_until_the_attempt_ends(
+    tmp_path: Path, s3_server: str, s3_bucket: str, orca_path: Path, tiny_model_dir: Path
+) -> None:
+    from helpers.models import install_base_model
+    from preftune.contracts.base_models import resolve_model
+
+    api, api_blobs = _machine(tmp_path, "api", s3_server, s3_bucket)
+    install_base_model(api.home, tiny_model_dir, "tiny-named")
+    assert artifacts.publish_base_model(api_blobs, "tiny-named", api.models_dir / "tiny-named")
+    db, _, job_id = _setup(tmp_path, s3_server, s3_bucket, orca_path, api.models_dir / "tiny-named")
+    with db.session() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(model="tiny-named"))
+        session.commit()
+
+    runner, runner_blobs = _machine(tmp_path, "runner-1", s3_server, s3_bucket)
+    with db.session() as session:
+        claimed = runs.claim_job(session, "runner-1", runner, runner_blobs)
+    assert claimed is not None and claimed.model_pin is not None and claimed.model_pin.held
+    resolved = resolve_model("tiny-named", runner.models_dir)
+    assert resolved.resolve() == claimed.model_pin.path and (resolved / "config.json").is_file()
+    assert claimed.model_pin.path.is_relative_to(runner.model_cache_dir)
+    claimed.release()
+    assert not claimed.model_pin.held
+    db.dispose()

@@ -8,8 +8,10 @@ leaves no parts, and start-up checks that name the endpoint and the cause.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -177,3 +179,70 @@ def test_check_names_the_endpoint_and_the_cause(tmp_path: Path, s3_server: str, 
         assert s3_server in info.value.message
     finally:
         httpx.post(f"{s3_server}/moto-api/reset-auth", content=b"inf").raise_for_status()
+
+
+class _Body:
+    """The raw body of a response made up by `_Flaky` (botocore reads it through `stream()`)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, **_: object) -> Iterator[bytes]:
+        yield self.data
+
+
+class _Flaky:
+    """Fail the first `failures` requests of an operation on the store's own boto3 client, the way a
+    busy S3 does: alternately a 503 SlowDown answer and a connection dropped mid-request. A botocore
+    `before-send` hook: the request is answered (or dropped) before it leaves, so botocore's own retry
+    logic sees exactly what it would from the network."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, request: Any, **_: object) -> Any:
+        from botocore.awsrequest import AWSResponse
+        from botocore.exceptions import ConnectionClosedError
+
+        with self.lock:
+            self.calls += 1
+            call = self.calls
+        if call > self.failures:
+            return None  # sent for real
+        if call % 2:
+            body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            return AWSResponse(request.url, 503, {"Content-Type": "application/xml"}, _Body(body))
+        raise ConnectionClosedError(endpoint_url=request.url)
+
+
+def test_transient_errors_are_retried_with_backoff(tmp_path: Path, s3_server: str, s3_bucket: str) -> None:
+    writer = _store(tmp_path / "w", s3_server, s3_bucket)
+    parts = _Flaky(failures=3)
+    writer.client.meta.events.register("before-send.s3.UploadPart", parts)
+    data = b"".join(_chunks(12 * MiB))
+    info = _put(writer, _chunks(12 * MiB))  # three parts; three failed sends among them, each retried
+    assert parts.calls == 3 + 3
+    assert s3.open_uploads(s3_server, s3_bucket) == []
+
+    reader = _store(tmp_path / "r", s3_server, s3_bucket)
+    gets = _Flaky(failures=2)
+    reader.client.meta.events.register("before-send.s3.GetObject", gets)
+    assert reader.fetch(info.sha256).read_bytes() == data
+    assert gets.calls == 2 + 1
+
+
+def test_an_outage_past_the_retries_fails_and_leaves_no_parts(
+    tmp_path: Path, s3_server: str, s3_bucket: str
+) -> None:
+    store = _store(tmp_path, s3_server, s3_bucket, s3_max_attempts=3)
+    down = _Flaky(failures=10**6)
+    store.client.meta.events.register("before-send.s3.UploadPart", down)
+    staged = store.stage_chunks(_chunks(12 * MiB))
+    with pytest.raises(Exception, match=r"SlowDown|Connection was closed"):
+        store.prepare(staged)
+    assert down.calls >= 3  # each part tried s3_max_attempts times before giving up
+    assert s3.open_uploads(s3_server, s3_bucket) == []
+    assert s3.list_keys(s3_server, s3_bucket) == []
+    store.discard(staged)

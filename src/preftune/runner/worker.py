@@ -24,6 +24,7 @@ from typing import Any
 
 from preftune.config import Settings
 from preftune.runner.child import LOG_FILE, child_main, evaluation_main
+from preftune.runner.publisher import CheckpointPublisher, SavedCheckpoint
 from preftune.service import artifacts, evaluations, runs
 from preftune.service.bootstrap import open_blobs
 from preftune.service.events import EventType
@@ -113,6 +114,8 @@ class Runner:
         except runs.LeaseLostError:
             log.warning("runner %s: lost the lease on job %s", self.runner_id, claimed.job_id)
             return AttemptOutcome("lease_lost", claimed.job_id)
+        finally:
+            claimed.release()  # its base model may leave the model cache again
 
     # --- evaluations ----------------------------------------------------------------------------
     def run_evaluation_once(self) -> str | None:
@@ -214,15 +217,20 @@ class Runner:
         )
         child.start()
         self.current_child = child
+        # Checkpoints go to the bucket off this loop, which keeps forwarding events and heartbeating.
+        publisher = CheckpointPublisher(
+            self.blobs, job_id, lambda saved: self._record_checkpoint(job_id, token, saved)
+        )
         outcome: tuple[str, dict[str, Any]] | None = None
         cancel_requested = False
+        upload_failed = False
         releasing = False
         lease_lost = False
         stop_deadline: float | None = None
         next_beat = time.monotonic() + self.settings.heartbeat_seconds
         next_cancel_check = time.monotonic() + CANCEL_POLL_SECONDS
-        last_checkpoint: int | None = claimed.resume_step
         latest_metrics: dict[str, Any] | None = None
+        finished = False
         try:
             while True:
                 try:
@@ -235,8 +243,7 @@ class Runner:
                     latest_metrics = body
                     self._write(runs.record_step, job_id, token, body)
                 elif kind == "event":
-                    step = self._forward_event(job_id, token, body, latest_metrics)
-                    last_checkpoint = step if step is not None else last_checkpoint
+                    self._forward_event(job_id, token, body, latest_metrics, publisher)
 
                 clock = time.monotonic()
                 if clock >= next_cancel_check or clock >= next_beat:
@@ -251,7 +258,10 @@ class Runner:
                         cancel_requested = cancel_requested or self._cancel_requested(job_id)
                 if self.stopping and not cancel_requested:
                     releasing = True
-                if (cancel_requested or releasing or lease_lost) and not stop_event.is_set():
+                if publisher.error is not None:
+                    lease_lost = lease_lost or isinstance(publisher.error, runs.LeaseLostError)
+                    upload_failed = True
+                if (cancel_requested or releasing or lease_lost or upload_failed) and not stop_event.is_set():
                     stop_event.set()
                     stop_deadline = clock + STOP_GRACE_SECONDS
                 if stop_deadline is not None and clock > stop_deadline and child.is_alive():
@@ -262,19 +272,45 @@ class Runner:
                     raise runs.LeaseLostError(job_id)
                 if outcome is not None or not child.is_alive():
                     if outcome is None:
-                        outcome = self._drain_for_outcome(messages, job_id, token, latest_metrics)
+                        outcome = self._drain_for_outcome(messages, job_id, token, latest_metrics, publisher)
                     break
+            # Every checkpoint the trainer wrote is in the bucket and recorded before the job ends in
+            # any way (completed, released to another runner, cancelled, failed).
+            if publisher.pending:
+                log.info("job %s: waiting for %d checkpoint upload(s)", job_id, publisher.pending)
+            with runs.keep_lease(self.db.sessionmaker, job_id, token, self.settings):
+                error = publisher.wait()
+            if isinstance(error, runs.LeaseLostError):
+                raise error
+            if error is not None and not cancel_requested:
+                outcome = (
+                    "error",
+                    {
+                        "message": f"could not upload a checkpoint to the blob store {self.blobs.describe()}: "
+                        f"{error}",
+                        "code": "storage_error",
+                        "user_error": False,
+                    },
+                )
+            finished = True
         finally:
+            publisher.close(abandon=not finished)
             child.join(STOP_GRACE_SECONDS)
             if child.is_alive():
                 child.kill()
                 child.join()
             self.current_child = None
             messages.close()
+        last_checkpoint = publisher.last_step if publisher.last_step is not None else claimed.resume_step
         return self._finish(claimed, outcome, child.exitcode, cancel_requested, releasing, last_checkpoint)
 
     def _drain_for_outcome(
-        self, messages: Any, job_id: str, token: str, latest_metrics: dict[str, Any] | None
+        self,
+        messages: Any,
+        job_id: str,
+        token: str,
+        latest_metrics: dict[str, Any] | None,
+        publisher: CheckpointPublisher,
     ) -> tuple[str, dict[str, Any]] | None:
         """The child exited: read what it sent last (the queue's feeder may still be flushing)."""
         deadline = time.monotonic() + 2.0
@@ -288,7 +324,7 @@ class Runner:
             if kind == "step":
                 self._write(runs.record_step, job_id, token, body)
             elif kind == "event":
-                self._forward_event(job_id, token, body, latest_metrics)
+                self._forward_event(job_id, token, body, latest_metrics, publisher)
         return None
 
     def _write(self, func: Any, *args: Any) -> None:
@@ -305,33 +341,36 @@ class Runner:
             return session.scalar(select(Job.status).where(Job.id == job_id)) == JobStatus.CANCEL_REQUESTED
 
     def _forward_event(
-        self, job_id: str, token: str, body: dict[str, Any], latest_metrics: dict[str, Any] | None
-    ) -> int | None:
-        """Record a trainer event; returns the step of a saved checkpoint, if it was one."""
+        self,
+        job_id: str,
+        token: str,
+        body: dict[str, Any],
+        latest_metrics: dict[str, Any] | None,
+        publisher: CheckpointPublisher,
+    ) -> None:
+        """Record a trainer event; a saved checkpoint goes to `publisher`, which records it once uploaded."""
         event_type = str(body.get("type"))
         data = dict(body.get("data") or {})
         if event_type not in EventType.__members__:
             log.warning("job %s: ignoring unknown trainer event %s", job_id, event_type)
-            return None
+            return
+        message = str(body.get("message", ""))
         if event_type == EventType.CHECKPOINT_SAVE and "step" in data and data.get("path"):
-            # In the bucket before its row exists: a recorded checkpoint is one any machine can resume from.
-            with runs.keep_lease(self.db.sessionmaker, job_id, token, self.settings):
-                artifacts.publish_checkpoint(self.blobs, job_id, Path(str(data["path"])))
+            # In the bucket before its row and event exist: a recorded checkpoint is one any machine can
+            # resume from. The upload runs off this loop; see `CheckpointPublisher`.
+            publisher.submit(
+                SavedCheckpoint(int(data["step"]), Path(str(data["path"])), message, data, latest_metrics)
+            )
+            return
         with self.db.session() as session:
-            if event_type == EventType.CHECKPOINT_SAVE and "step" in data and data.get("path"):
-                runs.record_checkpoint(
-                    session,
-                    job_id,
-                    token,
-                    int(data["step"]),
-                    Path(str(data["path"])),
-                    latest_metrics,
-                    best=bool(data.get("best")),
-                )
-            runs.record_event(session, job_id, token, event_type, str(body.get("message", "")), data)
-        if event_type == EventType.CHECKPOINT_SAVE and "step" in data:
-            return int(data["step"])
-        return None
+            runs.record_event(session, job_id, token, event_type, message, data)
+
+    def _record_checkpoint(self, job_id: str, token: str, saved: SavedCheckpoint) -> None:
+        with self.db.session() as session:
+            runs.record_checkpoint(
+                session, job_id, token, saved.step, saved.path, saved.metrics, best=saved.best
+            )
+            runs.record_event(session, job_id, token, EventType.CHECKPOINT_SAVE, saved.message, saved.data)
 
     def _finish(
         self,

@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from preftune.config import Settings
-from preftune.errors import ModelNotFoundError
 from preftune.store.blobs import BlobStore
+from preftune.store.model_cache import ModelCache, ModelPin, link_model
 
 LOG_NAME = "train.log"
 # Imported base models (`preftune models import DIR --as NAME` with a remote store) live under models/<name>/.
@@ -103,20 +103,32 @@ def publish_base_model(blobs: BlobStore, name: str, path: Path) -> bool:
     return True
 
 
-def fetch_base_model(settings: Settings, blobs: BlobStore, name: str) -> None:
-    """Make the base model `name` resolvable on this machine: a model imported on another machine is
-    fetched from the bucket into `HOME/models/<name>/`. Embedded models import themselves anywhere;
-    paths and hub ids are left to `resolve_model`, whose error names what is missing."""
-    from preftune.contracts.base_models import EMBEDDED_MODELS, resolve_model
+def fetch_base_model(settings: Settings, blobs: BlobStore, name: str) -> ModelPin | None:
+    """Make the base model `name` resolvable on this machine, and hold it there while a job uses it.
 
-    if not blobs.remote or name in EMBEDDED_MODELS or "/" in name:
-        return
+    A model imported on another machine is fetched from the bucket (`models/<name>/`) into the bounded
+    model cache (`store.model_cache`: by the sha256 of its manifest, least recently used evicted) and
+    `HOME/models/<name>` links to it. The pin returned keeps it from being evicted: release it when the
+    job's attempt ends. None when there is nothing to hold: a local store, an embedded model (imported
+    by each machine itself), a path or hub id (left to `resolve_model`, whose error names what is
+    missing), a model imported into this machine's own `models/` directory, or one the bucket lacks."""
+    from preftune.contracts.base_models import EMBEDDED_MODELS
+
+    if not blobs.remote or name in EMBEDDED_MODELS or "/" in name or name.startswith("."):
+        return None
+    local = settings.models_dir / name
+    if local.exists() and not local.is_symlink():
+        return None  # imported here (`preftune models import` on this machine): not the cache's to manage
+    cache = ModelCache(settings.model_cache_dir, blobs, settings.model_cache_bytes)
+    pin = cache.pin(f"{MODELS_KEY}/{name}")
+    if pin is None:
+        return None
     try:
-        resolve_model(name, settings.models_dir)
-        return
-    except ModelNotFoundError:
-        pass
-    blobs.download_tree(f"{MODELS_KEY}/{name}", settings.models_dir / name)
+        link_model(settings.models_dir, name, pin.path)
+    except BaseException:
+        pin.release()
+        raise
+    return pin
 
 
 def publish_imported_model(settings: Settings, name: str, path: Path) -> bool:

@@ -32,6 +32,7 @@ from preftune.service.models import model_name_for
 from preftune.service.secrets import decrypt_secret
 from preftune.service.states import ACTIVE, JobStatus
 from preftune.store.blobs import BlobStore
+from preftune.store.model_cache import ModelPin
 from preftune.store.models import Checkpoint, FineTunedModel, Job, JobMetric
 
 log = logging.getLogger("preftune.runner")
@@ -63,6 +64,13 @@ class ClaimedJob:
     extra: dict[str, Any] = field(default_factory=dict)
     # contracts.resources.Resources as a dict: processes per node, nodes.
     resources: dict[str, Any] = field(default_factory=dict)
+    # The base model held in this machine's model cache for the attempt (remote store only).
+    model_pin: ModelPin | None = None
+
+    def release(self) -> None:
+        """The attempt is over: its base model may be evicted from the cache again."""
+        if self.model_pin is not None:
+            self.model_pin.release()
 
 
 @dataclass(frozen=True)
@@ -178,11 +186,12 @@ def _start_attempt(session: Session, token: str, settings: Settings, blobs: Blob
     # Started before (a dead runner, a failed attempt or a runner shut down): resume, do not start over.
     restarted = job.started_at is not None
     session.commit()  # no transaction stays open while the files come (the lease keeper writes meanwhile)
+    model_pin: ModelPin | None = None
     try:
         # Fetching the data and the latest checkpoint from a remote store can take a while: keep the lease.
         with keep_lease(lambda: Session(bind=session.get_bind()), job.id, token, settings):
             on_disk = _checkpoint_dirs(job, job_dir(settings, job.id) / "checkpoints", blobs)
-            artifacts.fetch_base_model(settings, blobs, job.model)
+            model_pin = artifacts.fetch_base_model(settings, blobs, job.model)
             training_file = file_blob_path(session, job.training_file_id, blobs)
             validation_file = (
                 file_blob_path(session, job.validation_file_id, blobs) if job.validation_file_id else None
@@ -198,6 +207,8 @@ def _start_attempt(session: Session, token: str, settings: Settings, blobs: Blob
         # The store failed us (down past its retries, a blob missing): this attempt fails like any other
         # (retried while attempts remain) and the runner goes on with the next job.
         session.rollback()
+        if model_pin is not None:
+            model_pin.release()
         message, code, _ = error_fields(exc)
         log.warning("job %s: could not fetch its files from %s: %s", job.id, blobs.describe(), message)
         fail_job(
@@ -248,6 +259,7 @@ def _start_attempt(session: Session, token: str, settings: Settings, blobs: Blob
         from_checkpoint_path=from_checkpoint,
         resume_step=resume_step,
         resources=dict(job.resources or {}),
+        model_pin=model_pin,
     )
 
 

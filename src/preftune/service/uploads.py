@@ -10,8 +10,9 @@ when it expires. So a grant is:
 - signed: any change to the payload (another file id, owner, size or expiry) breaks the HMAC;
 - expiring: `UPLOAD_GRANT_SECONDS` after it was issued;
 - single-file and size-limited: the bytes become that one file id, and at most `max_bytes`;
-- single-use: the first PUT claims it (an O_EXCL marker under `PREFTUNE_HOME/uploads/`, then the
-  file row itself), and any later PUT is refused;
+- single-use: issuing it records a row (`upload_grants`); the first PUT claims it by a conditional
+  UPDATE of that row (`claimed_at IS NULL`), so exactly one PUT wins even when several race on several
+  API servers sharing the database, and any later PUT is refused;
 - useless for anything else: only the upload route reads grants; it is not an API key.
 """
 
@@ -22,15 +23,17 @@ import binascii
 import hashlib
 import hmac
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
+
+from sqlalchemy import delete, update
+from sqlalchemy.orm import Session
 
 from preftune.config import Settings
 from preftune.errors import AuthenticationError, ConflictError, InvalidRequestError
 from preftune.service.common import new_id, now
 from preftune.service.files import PURPOSES, safe_filename
 from preftune.service.secrets import signing_key
+from preftune.store import models
 
 UPLOAD_GRANT_SECONDS = 15 * 60
 
@@ -59,6 +62,7 @@ def _signature(settings: Settings, payload: str) -> str:
 
 
 def issue_grant(
+    session: Session,
     settings: Settings,
     owner_id: str,
     *,
@@ -68,7 +72,7 @@ def issue_grant(
     ttl_seconds: float = UPLOAD_GRANT_SECONDS,
     name: str | None = None,
 ) -> tuple[UploadGrant, str]:
-    """Reserve a file id for `owner_id` and sign a grant to upload its bytes; (grant, token)."""
+    """Reserve a file id for `owner_id`, record and sign a grant to upload its bytes; (grant, token)."""
     if purpose not in PURPOSES:
         raise InvalidRequestError(
             f"purpose must be one of {', '.join(PURPOSES)} (got {purpose!r})", param="purpose"
@@ -93,6 +97,15 @@ def issue_grant(
         "d": grant.name,
     }
     payload = _b64(json.dumps(body, separators=(",", ":"), sort_keys=True).encode())
+    stamp = now()
+    # Expired grants are refused before their row is looked at: their rows only take room.
+    session.execute(delete(models.UploadGrant).where(models.UploadGrant.expires_at < stamp))
+    session.add(
+        models.UploadGrant(
+            file_id=grant.file_id, owner_id=owner_id, created_at=stamp, expires_at=int(grant.expires_at)
+        )
+    )
+    session.commit()
     return grant, f"{payload}.{_signature(settings, payload)}"
 
 
@@ -125,19 +138,29 @@ def verify_grant(settings: Settings, token: str) -> UploadGrant:
     return grant
 
 
-def _marker(settings: Settings, grant: UploadGrant) -> Path:
-    return settings.home / "uploads" / f"{grant.file_id}.claimed"
+def claim_grant(session: Session, grant: UploadGrant) -> None:
+    """Spend the grant: the first caller wins, every later one gets a 409 (even after a failed upload).
 
-
-def claim_grant(settings: Settings, grant: UploadGrant) -> None:
-    """Spend the grant: the first caller wins, every later one gets a 409 (even after a failed upload)."""
-    marker = _marker(settings, grant)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise ConflictError(
-            f"this upload URL was already used for {grant.file_id}; ask for a new one (POST /v1/files)",
-            code="upload_url_used",
-        ) from None
-    os.close(fd)
+    One conditional UPDATE decides, in the database every API server shares: of concurrent PUTs, on
+    one server or several, exactly one sees its row change."""
+    result = session.execute(
+        update(models.UploadGrant)
+        .where(
+            models.UploadGrant.file_id == grant.file_id,
+            models.UploadGrant.owner_id == grant.owner_id,
+            models.UploadGrant.claimed_at.is_(None),
+        )
+        .values(claimed_at=now())
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        return
+    if session.get(models.UploadGrant, grant.file_id) is None:
+        # Signed with this deployment's key but unknown to its database: issued against another
+        # database, or its row was removed. Nothing proves it unused, so it is refused.
+        raise _refused("this server has no record of it")
+    raise ConflictError(
+        f"this upload URL was already used for {grant.file_id}; ask for a new one (POST /v1/files)",
+        code="upload_url_used",
+    )

@@ -34,7 +34,7 @@ from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from preftune.errors import InsufficientStorageError, NotFoundError, PayloadTooLargeError, is_disk_full
 
@@ -213,9 +213,15 @@ class BlobStore:
     def upload_tree(self, key: str, source: Path) -> None:
         """Keep the directory `source` under `key` (e.g. `jobs/ftjob-1/checkpoints/step-4`)."""
 
-    def download_tree(self, key: str, dest: Path) -> bool:
-        """Make `dest` hold the tree kept under `key`; False when there is none."""
+    def download_tree(self, key: str, dest: Path, *, files: list[dict[str, Any]] | None = None) -> bool:
+        """Make `dest` hold the tree kept under `key`; False when there is none. `files` (from
+        `tree_manifest`) pins what is fetched and checked to that version of the tree."""
         return dest.is_dir()
+
+    def tree_manifest(self, key: str) -> list[dict[str, Any]] | None:
+        """The files (`path`, `size`, `sha256`) of the complete tree kept under `key`; None when there
+        is none (always, for the local store: its trees are where they were written)."""
+        return None
 
     def upload_file(self, key: str, source: Path) -> None:
         """Keep one file (a job's log) under `key`."""

@@ -242,3 +242,33 @@ class Evaluation(Base):
     created_at: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class UploadGrant(Base):
+    """A presigned upload URL issued (`service.uploads`): the signed token is the credential; this
+    row makes it single-use across every API server sharing the database (`claimed_at`, set once by a
+    conditional UPDATE)."""
+
+    __tablename__ = "upload_grants"
+    __table_args__ = (Index("ix_upload_grants_expires", "expires_at"),)
+
+    # The file id the grant reserves: one grant per file id.
+    file_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id"), index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    claimed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class PendingDataset(Base):
+    """A named dataset announced before its bytes (Fireworks' dataset flow, `service.datasets`): what
+    its file does not carry, and whether the file is in and checked (`ready`)."""
+
+    __tablename__ = "pending_datasets"
+
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    display_name: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    example_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    ready: Mapped[bool] = mapped_column(Boolean, default=False)

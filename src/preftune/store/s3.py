@@ -451,13 +451,18 @@ class S3BlobStore(BlobStore):
         finally:
             body.close()
 
-    def download_tree(self, key: str, dest: Path) -> bool:
-        """Make `dest` the tree under `key` (each file checked against the manifest); False if there is
-        no complete tree. A `dest` that already holds the manifest's files is left as it is."""
+    def tree_manifest(self, key: str) -> list[dict[str, Any]] | None:
         manifest = self._manifest(key)
-        if manifest is None:
-            return dest.is_dir()
-        files = manifest.get("files", [])
+        return None if manifest is None else list(manifest.get("files", []))
+
+    def download_tree(self, key: str, dest: Path, *, files: list[dict[str, Any]] | None = None) -> bool:
+        """Make `dest` the tree under `key` (each file checked against the manifest, or against `files`
+        when given); False if there is no complete tree. A `dest` that already holds the manifest's
+        files is left as it is."""
+        if files is None:
+            files = self.tree_manifest(key)
+            if files is None:
+                return dest.is_dir()
         if dest.is_dir() and all(
             (dest / f["path"]).is_file() and (dest / f["path"]).stat().st_size == f["size"] for f in files
         ):
@@ -478,7 +483,10 @@ class S3BlobStore(BlobStore):
                 finally:
                     body.close()
                 if hasher.hexdigest() != entry["sha256"]:
-                    raise OSError(f"{key}/{entry['path']} in {self.describe()} does not match its manifest")
+                    raise OSError(
+                        f"{key}/{entry['path']} in {self.describe()} has sha256 {hasher.hexdigest()}, not its "
+                        f"manifest's {entry['sha256']}: the object is corrupt"
+                    )
             if dest.exists():
                 shutil.rmtree(dest)
             os.replace(tmp, dest)

@@ -47,7 +47,12 @@ async def put_upload(
             param="file",
             code="file_too_large",
         )
-    upload_service.claim_grant(settings, grant)
+
+    def claim() -> None:
+        with db.session() as session:
+            upload_service.claim_grant(session, grant)
+
+    await run_in_threadpool(claim)
     blob = await blobs.stage_async_chunks(request.stream(), max_bytes=grant.max_bytes)
 
     def record() -> FileObject:

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
 
 from preftune.api.deps import BlobsDep, CallerDep, DatabaseDep, SessionDep, SettingsDep
 from preftune.api.dialects.fireworks import schemas as fw
@@ -125,8 +126,8 @@ def dataset_object(account: str, name: str, row: models.File | None, record: Any
     )
 
 
-def _dataset(session: SessionDep, settings: SettingsDep, caller: Caller, dataset_id: str) -> fw.Dataset:
-    record = dataset_service.pending(settings, caller.owner_id, dataset_id)
+def _dataset(session: Session, caller: Caller, dataset_id: str) -> fw.Dataset:
+    record = dataset_service.pending(session, caller.owner_id, dataset_id)
     row = dataset_service.file_of(session, caller.owner_id, dataset_id)
     if record is None and row is None:
         raise NotFoundError(f"dataset {dataset_id!r} not found", param="dataset_id")
@@ -148,7 +149,6 @@ def create_dataset(
     count = body.dataset.exampleCount
     record = dataset_service.announce(
         session,
-        settings,
         caller.owner_id,
         body.datasetId,
         display_name=body.dataset.displayName,
@@ -174,7 +174,7 @@ def list_datasets(
     ):
         if row.name:
             found[row.name] = dataset_object(caller.owner_id, row.name, row, None)
-    for record in dataset_service.list_pending(settings, caller.owner_id):
+    for record in dataset_service.list_pending(session, caller.owner_id):
         uploaded = dataset_service.file_of(session, caller.owner_id, record.name)
         found[record.name] = dataset_object(caller.owner_id, record.name, uploaded, record)
     items = sorted(found.values(), key=lambda d: d.name)
@@ -189,28 +189,24 @@ def list_datasets(
 @router.get(
     "/accounts/{account_id}/datasets/{dataset_id}", response_model=fw.Dataset, summary="Get a dataset"
 )
-def get_dataset(
-    *, dataset_id: str, caller: AccountDep, session: SessionDep, settings: SettingsDep
-) -> fw.Dataset:
-    return _dataset(session, settings, caller, dataset_id)
+def get_dataset(*, dataset_id: str, caller: AccountDep, session: SessionDep) -> fw.Dataset:
+    return _dataset(session, caller, dataset_id)
 
 
 @router.delete(
     "/accounts/{account_id}/datasets/{dataset_id}", response_model=fw.Empty, summary="Delete a dataset"
 )
-def delete_dataset(
-    *, dataset_id: str, caller: AccountDep, session: SessionDep, settings: SettingsDep, blobs: BlobsDep
-) -> fw.Empty:
-    _dataset(session, settings, caller, dataset_id)
+def delete_dataset(*, dataset_id: str, caller: AccountDep, session: SessionDep, blobs: BlobsDep) -> fw.Empty:
+    _dataset(session, caller, dataset_id)
     row = dataset_service.file_of(session, caller.owner_id, dataset_id)
     if row is not None:
         file_service.delete_file(session, caller.owner_id, row.id, blobs)
-    dataset_service.forget(settings, caller.owner_id, dataset_id)
+    dataset_service.forget(session, caller.owner_id, dataset_id)
     return fw.Empty()
 
 
-def _awaiting(settings: SettingsDep, caller: Caller, dataset_id: str) -> Any:
-    record = dataset_service.pending(settings, caller.owner_id, dataset_id)
+def _awaiting(session: Session, caller: Caller, dataset_id: str) -> Any:
+    record = dataset_service.pending(session, caller.owner_id, dataset_id)
     if record is None or record.ready:
         raise NotFoundError(
             f"dataset {dataset_id!r} is not awaiting an upload (create it first, or it is READY)",
@@ -235,7 +231,8 @@ async def upload_dataset(
     blobs: BlobsDep,
 ) -> fw.DatasetUploaded:
     """Checked against Fireworks' rules and preftune's validation; the dataset is READY after it."""
-    _awaiting(settings, caller, dataset_id)
+    with db.session() as session:
+        _awaiting(session, caller, dataset_id)
     await file.seek(0)
     blob = await run_in_threadpool(blobs.stage_file, file.file, max_bytes=settings.max_upload_bytes)
 
@@ -253,7 +250,7 @@ async def upload_dataset(
             if row.status != "processed":
                 file_service.delete_file(session, caller.owner_id, row.id, blobs)
                 raise DataValidationError(f"the dataset is not valid: {row.status_details}", param="file")
-        dataset_service.mark_ready(settings, caller.owner_id, dataset_id)
+            dataset_service.mark_ready(session, caller.owner_id, dataset_id)
         return fw.DatasetUploaded(
             id=dataset_id, bytes=row.bytes, created_at=int(row.created_at), filename=row.filename
         )
@@ -275,11 +272,12 @@ def get_upload_endpoint(
     dataset_id: str,
     body: fw.UploadEndpointRequest,
     caller: AccountDep,
+    session: SessionDep,
     settings: SettingsDep,
 ) -> fw.UploadEndpoint:
     """One file per dataset here (several shards are a 400). The URL is the same presigned grant as
     Together's upload (`docs/together.md`): signed, expiring, single-use, sized to the declared size."""
-    _awaiting(settings, caller, dataset_id)
+    _awaiting(session, caller, dataset_id)
     if len(body.filenameToSize) != 1:
         raise InvalidRequestError(
             "filenameToSize: preftune stores a dataset as one file; concatenate the shards",
@@ -293,7 +291,7 @@ def get_upload_endpoint(
             param="filenameToSize",
         )
     _, token = upload_service.issue_grant(
-        settings, caller.owner_id, filename=filename, max_bytes=declared, name=dataset_id
+        session, settings, caller.owner_id, filename=filename, max_bytes=declared, name=dataset_id
     )
     return fw.UploadEndpoint(
         filenameToSignedUrls={filename: str(request.url_for("put_upload", upload_token=token))}
@@ -308,7 +306,7 @@ def get_upload_endpoint(
 def validate_upload(
     *, dataset_id: str, caller: AccountDep, session: SessionDep, settings: SettingsDep, blobs: BlobsDep
 ) -> fw.Empty:
-    _awaiting(settings, caller, dataset_id)
+    _awaiting(session, caller, dataset_id)
     row = dataset_service.file_of(session, caller.owner_id, dataset_id)
     if row is None:
         raise InvalidRequestError(f"dataset {dataset_id!r} has no uploaded file yet", param="dataset_id")
@@ -320,7 +318,7 @@ def validate_upload(
         # Refused: the bytes go, the dataset waits for a new upload.
         file_service.delete_file(session, caller.owner_id, row.id, blobs)
         raise
-    dataset_service.mark_ready(settings, caller.owner_id, dataset_id)
+    dataset_service.mark_ready(session, caller.owner_id, dataset_id)
     return fw.Empty()
 
 
@@ -397,7 +395,7 @@ def create_dpo_job(
         raise InvalidRequestError("dpoJobId: preftune chooses job ids; omit it", param="dpoJobId")
     params = body.spec_params()
     dataset = fw.last_segment(body.dataset, "datasets", "dataset")
-    if dataset_service.is_pending(settings, caller.owner_id, dataset):
+    if dataset_service.is_pending(session, caller.owner_id, dataset):
         raise InvalidRequestError(
             f"dataset {dataset!r} is not READY yet: upload its file first", param="dataset"
         )

@@ -69,6 +69,7 @@ def start_upload(
     *,
     request: Request,
     caller: CallerDep,
+    session: SessionDep,
     settings: SettingsDep,
     purpose: Literal["fine-tune"] = Form("fine-tune"),
     file_name: str = Form(description="The file's name, e.g. pairs.jsonl."),
@@ -77,7 +78,9 @@ def start_upload(
 ) -> RedirectResponse:
     """Reserves a file id and answers with a URL to PUT the bytes to: signed, for this file only,
     at most the server's upload limit, valid once and for 15 minutes."""
-    grant, token = upload_service.issue_grant(settings, caller.owner_id, filename=file_name, purpose=purpose)
+    grant, token = upload_service.issue_grant(
+        session, settings, caller.owner_id, filename=file_name, purpose=purpose
+    )
     url = str(request.url_for("put_upload", upload_token=token))
     return RedirectResponse(url, status_code=302, headers={"X-Together-File-Id": grant.file_id})
 
