@@ -1,8 +1,8 @@
 """upload_grants and pending_datasets: presigned-upload grants and pending datasets in the database,
 shared by every API server (they were files under one server's PREFTUNE_HOME)
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-07
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
