@@ -15,6 +15,7 @@ import pytest
 
 from helpers import s3
 from helpers.data import first_lines
+from preftune.config import Settings
 from preftune.runner.worker import Runner
 from preftune.service import artifacts
 from preftune.service import files as file_service
@@ -27,13 +28,13 @@ from preftune.store.s3 import S3BlobStore
 HOLD_LIMIT_S = 120.0
 
 
-@pytest.mark.slow
-def test_events_keep_flowing_while_a_checkpoint_uploads_slowly(
-    tmp_path: Path, s3_server: str, s3_bucket: str, orca_path: Path, tiny_model_dir: Path
-) -> None:
+def _setup(
+    tmp_path: Path, endpoint: str, bucket: str, orca_path: Path, model: Path, **extra: Any
+) -> tuple[Settings, Database, S3BlobStore, str, str]:
     settings = s3.s3_settings(
-        tmp_path / "runner", s3_server, s3_bucket,
+        tmp_path / "runner", endpoint, bucket,
         database_url=f"sqlite:///{tmp_path / 'shared.db'}", lease_seconds=10.0, heartbeat_seconds=0.5,
+        **extra,
     )  # fmt: skip
     db = Database(settings.resolved_database_url)
     db.migrate()
@@ -46,9 +47,17 @@ def test_events_keep_flowing_while_a_checkpoint_uploads_slowly(
             session, owner, blobs.stage_path(small), blobs=blobs, filename="orca.jsonl"
         )
         job_id = job_service.create_job(
-            session, owner, model=str(tiny_model_dir), training_file=record.id, settings=settings,
+            session, owner, model=str(model), training_file=record.id, settings=settings,
             params={"max_steps": 8, "n_checkpoints": 2, "batch_size": 2, "max_length": 96, "lora_r": 4},
         ).id  # fmt: skip
+    return settings, db, blobs, owner, job_id
+
+
+@pytest.mark.slow
+def test_events_keep_flowing_while_a_checkpoint_uploads_slowly(
+    tmp_path: Path, s3_server: str, s3_bucket: str, orca_path: Path, tiny_model_dir: Path
+) -> None:
+    settings, db, blobs, owner, job_id = _setup(tmp_path, s3_server, s3_bucket, orca_path, tiny_model_dir)
 
     # Hold every request for the first checkpoint's objects until the test has seen training go on.
     release = threading.Event()
@@ -100,4 +109,30 @@ def test_events_keep_flowing_while_a_checkpoint_uploads_slowly(
         }
         job = job_service.get_job(session, owner, job_id)
     assert made[4] <= made[8] and job.status == "completed"
+    db.dispose()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_the_bucket_refuses_fails_the_attempt_and_records_nothing(
+    tmp_path: Path, s3_server: str, s3_bucket: str, orca_path: Path, tiny_model_dir: Path
+) -> None:
+    settings, db, blobs, owner, job_id = _setup(
+        tmp_path, s3_server, s3_bucket, orca_path, tiny_model_dir, s3_max_attempts=1, max_job_attempts=1
+    )
+
+    def refuse(request: Any, **_: Any) -> None:
+        from botocore.exceptions import ConnectionClosedError
+
+        if "/checkpoints/" in request.url:
+            raise ConnectionClosedError(endpoint_url=request.url)
+
+    blobs.client.meta.events.register("before-send.s3.*", refuse)
+    outcome = Runner(settings, db=db, blobs=blobs).run_once()
+    assert outcome is not None and outcome.kind == "error"
+    with db.session() as session:
+        job = job_service.get_job(session, owner, job_id)
+        checkpoints = job_service.list_checkpoints(session, owner, job_id, order="asc")
+    assert job.status == "error" and job.error_code == "storage_error"
+    assert "could not upload a checkpoint" in (job.error_message or "")
+    assert checkpoints == [] and artifacts.remote_checkpoint_steps(blobs, job_id) == {}
     db.dispose()
