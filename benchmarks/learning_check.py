@@ -164,6 +164,9 @@ def train_trl(method: str, model_dir: Path, train_file: Path, out: Path, precisi
         "use_cpu": True,
         "seed": knobs["seed"],
         "disable_tqdm": True,
+        # TRL turns checkpointing on by default; it changes no figure, only the time, and preftune's
+        # arm runs without it (its `auto` needs it only when one example alone would not fit).
+        "gradient_checkpointing": False,
     }
     lora = LoraConfig(
         r=knobs["lora_r"], lora_alpha=knobs["lora_alpha"], target_modules="all-linear", task_type="CAUSAL_LM"
@@ -213,6 +216,13 @@ def worker(
     return {"arm": arm, "method": method, "train_seconds": seconds, "figures": figures}
 
 
+def _write_json(path: Path, value: Any) -> None:
+    """Whole or not at all: a stop mid-write leaves the previous file, never half of one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=2), encoding="utf-8")
+    os.replace(partial, path)
+
+
 def _row(label: str, figures: dict[str, Any]) -> str:
     return f"  {label:<22}" + "".join(f"{figures.get(k, float('nan')):>12.4f}" for k in FIGURES)
 
@@ -237,7 +247,7 @@ def main() -> None:
         out = worker(
             args.worker, w["method"], Path(w["model_dir"]), Path(w["train"]), Path(w["eval"]), w["precision"]
         )
-        print(json.dumps(out))
+        _write_json(Path(w["result"]), out)
         return
 
     from preftune.config import Settings
@@ -259,15 +269,21 @@ def main() -> None:
         for method in args.methods.split(","):
             by_arm: dict[str, dict[str, Any]] = {}
             for arm in args.arms.split(","):
+                result_file = Path(tmp) / f"{arm}-{method}.json"
                 payload = {"method": method, "model_dir": str(model_dir), "train": str(train_file),
-                           "eval": str(eval_file), "precision": args.precision}  # fmt: skip
+                           "eval": str(eval_file), "precision": args.precision,
+                           "result": str(result_file)}  # fmt: skip
                 cmd = [sys.executable, __file__, "--worker", arm, "--worker-args", json.dumps(payload)]
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                # The worker's own output (the trainers' logs) goes to ours, so a long run can be watched.
+                proc = subprocess.run(cmd, env=env, stdout=sys.stderr)
                 if proc.returncode != 0:
-                    sys.stderr.write(proc.stderr[-4000:])
-                    raise SystemExit(f"{arm} {method} failed")
-                r = json.loads(proc.stdout.strip().splitlines()[-1])
-                results.append({**r, "data": args.data, "train": n_train, "eval": n_eval})
+                    raise SystemExit(f"{arm} {method} failed (exit {proc.returncode})")
+                r = json.loads(result_file.read_text(encoding="utf-8"))
+                results.append({**r, "data": args.data, "train": n_train, "eval": n_eval,
+                                "precision": args.precision, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                                "load_average": os.getloadavg()[0]})  # fmt: skip
+                if args.json:  # after every arm, so a stop later loses nothing already finished
+                    _write_json(args.json, results)
                 by_arm[arm] = r
                 if len(by_arm) == 1:
                     print(_row(f"base ({method})", r["figures"]["base"]), flush=True)
@@ -280,8 +296,6 @@ def main() -> None:
                 print(f"  {method}: preftune vs TRL: loss {'ok' if ok_loss else 'worse'}, "
                       f"accuracies {'ok' if ok_acc else 'lower'} -> {verdict}", flush=True)  # fmt: skip
     print(f"load average after: {os.getloadavg()[0]:.1f}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
