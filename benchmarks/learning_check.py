@@ -114,7 +114,9 @@ def judge(adapter: Path, model_dir: Path, eval_file: Path) -> dict[str, Any]:
 
 
 # --- the two arms (each in its own process) ---------------------------------------------------------
-def train_preftune(method: str, model_dir: Path, train_file: Path, out: Path, precision: str) -> Path:
+def train_preftune(
+    method: str, model_dir: Path, train_file: Path, out: Path, precision: str
+) -> tuple[Path, dict[str, int]]:
     from preftune.contracts.spec import TrainingSpec
     from preftune.training.trainer import train
 
@@ -127,10 +129,13 @@ def train_preftune(method: str, model_dir: Path, train_file: Path, out: Path, pr
         models_dir=out / "models",
     )
     assert result.adapter_path is not None
-    return result.adapter_path
+    pairs = sum(1 for line in train_file.read_text(encoding="utf-8").splitlines() if line.strip())
+    return result.adapter_path, {"pairs_trained": pairs, "steps": result.steps}
 
 
-def train_trl(method: str, model_dir: Path, train_file: Path, out: Path, precision: str) -> Path:
+def train_trl(
+    method: str, model_dir: Path, train_file: Path, out: Path, precision: str
+) -> tuple[Path, dict[str, int]]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -183,6 +188,11 @@ def train_trl(method: str, model_dir: Path, train_file: Path, out: Path, precisi
             train_dataset=Dataset.from_list(rows),
             peft_config=lora,
         )
+        # CPOTrainer keeps a pair whose prompt alone fills max_length, with an empty answer; SimPO's mean
+        # log-prob over it is 0/0 = NaN, and one NaN in a batch turns every weight NaN after the step.
+        # TRL's own DPOTrainer drops exactly these pairs ("prompt alone fills max_length"); do the same.
+        limit = knobs["max_length"]
+        trainer.train_dataset = trainer.train_dataset.filter(lambda row: len(row["prompt_input_ids"]) < limit)
     else:
         from trl import DPOConfig, DPOTrainer
 
@@ -201,7 +211,7 @@ def train_trl(method: str, model_dir: Path, train_file: Path, out: Path, precisi
     adapter = out / "adapter"
     trainer.model.save_pretrained(adapter)
     tokenizer.save_pretrained(adapter)
-    return adapter
+    return adapter, {"pairs_trained": len(trainer.train_dataset), "steps": trainer.state.global_step}
 
 
 def worker(
@@ -210,10 +220,10 @@ def worker(
     with tempfile.TemporaryDirectory(prefix=f"learn-{arm}-{method}-") as tmp:
         started = time.perf_counter()
         trainer = train_preftune if arm == "preftune" else train_trl
-        adapter = trainer(method, model_dir, train_file, Path(tmp) / "run", precision)
+        adapter, trained = trainer(method, model_dir, train_file, Path(tmp) / "run", precision)
         seconds = time.perf_counter() - started
         figures = judge(adapter, model_dir, eval_file)
-    return {"arm": arm, "method": method, "train_seconds": seconds, "figures": figures}
+    return {"arm": arm, "method": method, "train_seconds": seconds, **trained, "figures": figures}
 
 
 def _write_json(path: Path, value: Any) -> None:
