@@ -20,9 +20,16 @@ barely moves in one epoch, and the paper's range is 2.0-2.5.
 Judged, for every run, on the held-out pairs (`preftune eval`'s figures, beside the base model's): the
 sigmoid DPO loss at beta 0.1 against the base model (lower is better), reward accuracy and margin, and the
 policy's own preference accuracy (summed and per-token log-probs). The check: preftune's held-out loss no
-worse than TRL's (within `--tolerance`) and its accuracies no lower. The two arms truncate differently at
-max length (preftune drops the prompt's start first, TRL the answers' ends), so their figures can differ a
-little even when both learn the same.
+worse than TRL's (within `--tolerance`) and its accuracies no lower.
+
+The two arms truncate differently at max length: preftune drops the prompt's start first, TRL the answers'
+ends, and TRL's DPOTrainer drops a pair outright when its prompt alone fills max length (35 of orca's 200
+training pairs, 17 of HH's 400 at 384 tokens). The experimental CPOTrainer (TRL's SimPO) keeps such a pair
+with an empty answer, whose mean log-prob is 0/0 = NaN, and one such pair in a batch makes every weight
+NaN after the first step; the SimPO arm therefore drops the same pairs as TRL's DPOTrainer. Each result
+records the pairs each arm trained on and its steps. TRL keeps its default gradient checkpointing (it
+changes no figure; without it TRL's batch of 8 at 384 tokens needs 17 GB). The held-out pairs are the same for both arms and the
+same code judges them (long prompts there are cut at the start, for both).
 """
 
 from __future__ import annotations
@@ -114,7 +121,9 @@ def judge(adapter: Path, model_dir: Path, eval_file: Path) -> dict[str, Any]:
 
 
 # --- the two arms (each in its own process) ---------------------------------------------------------
-def train_preftune(method: str, model_dir: Path, train_file: Path, out: Path, precision: str) -> Path:
+def train_preftune(
+    method: str, model_dir: Path, train_file: Path, out: Path, precision: str
+) -> tuple[Path, dict[str, int]]:
     from preftune.contracts.spec import TrainingSpec
     from preftune.training.trainer import train
 
@@ -127,10 +136,13 @@ def train_preftune(method: str, model_dir: Path, train_file: Path, out: Path, pr
         models_dir=out / "models",
     )
     assert result.adapter_path is not None
-    return result.adapter_path
+    pairs = sum(1 for line in train_file.read_text(encoding="utf-8").splitlines() if line.strip())
+    return result.adapter_path, {"pairs_trained": pairs, "steps": result.steps}
 
 
-def train_trl(method: str, model_dir: Path, train_file: Path, out: Path, precision: str) -> Path:
+def train_trl(
+    method: str, model_dir: Path, train_file: Path, out: Path, precision: str
+) -> tuple[Path, dict[str, int]]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -164,6 +176,8 @@ def train_trl(method: str, model_dir: Path, train_file: Path, out: Path, precisi
         "use_cpu": True,
         "seed": knobs["seed"],
         "disable_tqdm": True,
+        # TRL's default gradient checkpointing stays on: without it one batch of 8 pairs at 384 tokens
+        # (16 sequences, full-vocabulary logits) took 17 GB and was OOM-killed on the 24 GB VM.
     }
     lora = LoraConfig(
         r=knobs["lora_r"], lora_alpha=knobs["lora_alpha"], target_modules="all-linear", task_type="CAUSAL_LM"
@@ -180,6 +194,11 @@ def train_trl(method: str, model_dir: Path, train_file: Path, out: Path, precisi
             train_dataset=Dataset.from_list(rows),
             peft_config=lora,
         )
+        # CPOTrainer keeps a pair whose prompt alone fills max_length, with an empty answer; SimPO's mean
+        # log-prob over it is 0/0 = NaN, and one NaN in a batch turns every weight NaN after the step.
+        # TRL's own DPOTrainer drops exactly these pairs ("prompt alone fills max_length"); do the same.
+        limit = knobs["max_length"]
+        trainer.train_dataset = trainer.train_dataset.filter(lambda row: len(row["prompt_input_ids"]) < limit)
     else:
         from trl import DPOConfig, DPOTrainer
 
@@ -198,7 +217,7 @@ def train_trl(method: str, model_dir: Path, train_file: Path, out: Path, precisi
     adapter = out / "adapter"
     trainer.model.save_pretrained(adapter)
     tokenizer.save_pretrained(adapter)
-    return adapter
+    return adapter, {"pairs_trained": len(trainer.train_dataset), "steps": trainer.state.global_step}
 
 
 def worker(
@@ -207,10 +226,17 @@ def worker(
     with tempfile.TemporaryDirectory(prefix=f"learn-{arm}-{method}-") as tmp:
         started = time.perf_counter()
         trainer = train_preftune if arm == "preftune" else train_trl
-        adapter = trainer(method, model_dir, train_file, Path(tmp) / "run", precision)
+        adapter, trained = trainer(method, model_dir, train_file, Path(tmp) / "run", precision)
         seconds = time.perf_counter() - started
         figures = judge(adapter, model_dir, eval_file)
-    return {"arm": arm, "method": method, "train_seconds": seconds, "figures": figures}
+    return {"arm": arm, "method": method, "train_seconds": seconds, **trained, "figures": figures}
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Whole or not at all: a stop mid-write leaves the previous file, never half of one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=2), encoding="utf-8")
+    os.replace(partial, path)
 
 
 def _row(label: str, figures: dict[str, Any]) -> str:
@@ -237,7 +263,7 @@ def main() -> None:
         out = worker(
             args.worker, w["method"], Path(w["model_dir"]), Path(w["train"]), Path(w["eval"]), w["precision"]
         )
-        print(json.dumps(out))
+        _write_json(Path(w["result"]), out)
         return
 
     from preftune.config import Settings
@@ -259,15 +285,21 @@ def main() -> None:
         for method in args.methods.split(","):
             by_arm: dict[str, dict[str, Any]] = {}
             for arm in args.arms.split(","):
+                result_file = Path(tmp) / f"{arm}-{method}.json"
                 payload = {"method": method, "model_dir": str(model_dir), "train": str(train_file),
-                           "eval": str(eval_file), "precision": args.precision}  # fmt: skip
+                           "eval": str(eval_file), "precision": args.precision,
+                           "result": str(result_file)}  # fmt: skip
                 cmd = [sys.executable, __file__, "--worker", arm, "--worker-args", json.dumps(payload)]
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                # The worker's own output (the trainers' logs) goes to ours, so a long run can be watched.
+                proc = subprocess.run(cmd, env=env, stdout=sys.stderr)
                 if proc.returncode != 0:
-                    sys.stderr.write(proc.stderr[-4000:])
-                    raise SystemExit(f"{arm} {method} failed")
-                r = json.loads(proc.stdout.strip().splitlines()[-1])
-                results.append({**r, "data": args.data, "train": n_train, "eval": n_eval})
+                    raise SystemExit(f"{arm} {method} failed (exit {proc.returncode})")
+                r = json.loads(result_file.read_text(encoding="utf-8"))
+                results.append({**r, "data": args.data, "train": n_train, "eval": n_eval,
+                                "precision": args.precision, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                                "load_average": os.getloadavg()[0]})  # fmt: skip
+                if args.json:  # after every arm, so a stop later loses nothing already finished
+                    _write_json(args.json, results)
                 by_arm[arm] = r
                 if len(by_arm) == 1:
                     print(_row(f"base ({method})", r["figures"]["base"]), flush=True)
@@ -280,8 +312,6 @@ def main() -> None:
                 print(f"  {method}: preftune vs TRL: loss {'ok' if ok_loss else 'worse'}, "
                       f"accuracies {'ok' if ok_acc else 'lower'} -> {verdict}", flush=True)  # fmt: skip
     print(f"load average after: {os.getloadavg()[0]:.1f}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
