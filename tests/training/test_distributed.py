@@ -1,8 +1,10 @@
 """Two processes (gloo) train exactly what one process trains with the same global batch.
 
 fp32, 3 steps of 4 pairs, one pair a micro-batch (so each rank accumulates, and token-balanced
-shares can leave one rank a padding pass): the metrics of every step and the final weights agree
-to 1e-5, for LoRA under DDP and for full fine-tuning under FSDP2.
+shares can leave one rank a padding pass): the metrics of every step, the final weights and the
+final held-out evaluation agree to 1e-5, for LoRA under DDP, for full fine-tuning under FSDP2 and
+for LoRA with its frozen base sharded by FSDP2 (`strategy="fsdp"`). Under DDP only rank 0 runs the
+final evaluation; under FSDP every rank takes part in its forwards.
 """
 
 from __future__ import annotations
@@ -41,42 +43,68 @@ def _weights(out: Path, lora: bool) -> dict[str, torch.Tensor]:
     return load_file(str(out / ("adapter/adapter_model.safetensors" if lora else "model/model.safetensors")))
 
 
-def _assert_same_run(one: Path, two: Path, lora: bool) -> None:
+def _assert_same_run(one: Path, two: Path, lora: bool, strategy: str) -> None:
     a, b = _lines(one), _lines(two)
-    assert [line["step"] for line in a] == [line["step"] for line in b] == [1, 2, 3]
+    assert [(x["step"], x["split"]) for x in a] == [(x["step"], x["split"]) for x in b]
+    assert [x["step"] for x in a] == [1, 2, 3, 3]  # three steps, then the last step's evaluation
     for x, y in zip(a, b, strict=True):
-        for key in COMPARED:
+        for key in COMPARED if x["split"] == "train" else ("loss", "rewards/margins"):
             assert x[key] == pytest.approx(y[key], abs=1e-5, rel=1e-5), (x["step"], key)
     wa, wb = _weights(one, lora), _weights(two, lora)
     assert wa.keys() == wb.keys() and wa
     for name in wa:
         torch.testing.assert_close(wa[name], wb[name], atol=1e-5, rtol=1e-5, msg=name)
     report = json.loads((two / "train_report.json").read_text())
-    assert report["world_size"] == 2 and report["strategy"] == ("ddp" if lora else "fsdp")
+    assert report["world_size"] == 2 and report["strategy"] == strategy
+    ea, eb = (json.loads((out / "eval.json").read_text()) for out in (one, two))
+    assert ea["n_pairs"] == eb["n_pairs"] == 6 and ea["model"]
+    for side in ("base", "model"):
+        for key, value in (ea[side] or {}).items():
+            assert eb[side][key] == pytest.approx(value, abs=1e-5, rel=1e-5), (side, key)
 
 
-@pytest.mark.parametrize("lora", [True, False], ids=["lora-ddp", "full-fsdp2"])
+@pytest.mark.parametrize(
+    ("lora", "strategy"),
+    [(True, "ddp"), (False, "fsdp"), (True, "fsdp")],
+    ids=["lora-ddp", "full-fsdp2", "lora-fsdp2"],
+)
 @pytest.mark.slow
 def test_two_processes_train_what_one_trains(
-    lora: bool, tiny_model_dir: Path, pairs_file: Path, tmp_path: Path
+    lora: bool, strategy: str, tiny_model_dir: Path, pairs_file: Path, eval_pairs_file: Path, tmp_path: Path
 ) -> None:
     spec = {**KNOBS, "lora": lora}
-    runs = {}
+    runs, outcomes = {}, {}
     for world in (1, 2):
         out = tmp_path / f"world-{world}"
-        spawn_train(
+        outcomes[world] = spawn_train(
             world,
             spec,
+            # auto is DDP for LoRA and FSDP2 for full fine-tuning; LoRA on FSDP2 is asked for
+            strategy="fsdp" if lora and strategy == "fsdp" else "auto",
             model=str(tiny_model_dir),
             training_file=pairs_file,
+            validation_file=eval_pairs_file,
             output_dir=out,
             models_dir=tmp_path / "models",
         )
         runs[world] = out
-    _assert_same_run(runs[1], runs[2], lora)
-    # Rank 0 alone wrote the metrics: one line a step, not one per rank.
-    assert len(_lines(runs[2])) == 3
-    assert list((runs[2] / "checkpoints" / "step-3" / "dcp").glob("*.distcp"))
+    _assert_same_run(runs[1], runs[2], lora, strategy)
+    # Rank 0 alone wrote the metrics: one line a step (and the final step's evaluation), not one per rank.
+    assert [line["split"] for line in _lines(runs[2])] == ["train", "train", "train", "eval"]
+    dcp_dir = runs[2] / "checkpoints" / "step-3" / "dcp"
+    assert list(dcp_dir.glob("*.distcp"))
+    # The final held-out evaluation: rank 0 alone with replicated weights, every rank with sharded ones.
+    assert [o.evaluated for o in outcomes[2]] == [True, strategy == "fsdp"]
+    assert all(o.status == "completed" for o in outcomes[2])
+    if lora:  # only the adapter is trained and checkpointed, never the frozen base
+        from torch.distributed.checkpoint import FileSystemReader
+
+        saved = [
+            k
+            for k in FileSystemReader(str(dcp_dir)).read_metadata().state_dict_metadata
+            if k.startswith("model.")
+        ]
+        assert saved and all("lora_" in k for k in saved), saved[:3]
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 8])

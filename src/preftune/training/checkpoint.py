@@ -106,7 +106,8 @@ def save_weights(policy: Policy, directory: Path, state_dict: dict[str, torch.Te
     `state_dict`: the whole model's weights when the model in memory holds only a shard (FSDP)."""
     model: Any = policy.model
     if policy.lora:
-        model.save_pretrained(directory, selected_adapters=["default"])
+        # A sharded LoRA run (FSDP) passes the gathered adapter weights; PEFT keeps its own keys.
+        model.save_pretrained(directory, selected_adapters=["default"], state_dict=state_dict)
     else:
         if state_dict is not None:
             # A gathered state dict holds a tied weight (the head, the embeddings) under both names.
@@ -140,8 +141,12 @@ def trainable_state(model: Any, optimizer: torch.optim.Optimizer) -> dict[str, A
     """The trainable weights and optimizer state, keyed by parameter name (sharded under FSDP)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
+    weights = get_model_state_dict(model, options=_dcp_options())
+    # ignore_frozen_params keeps a tied frozen weight under its second name (a LoRA run's lm_head,
+    # tied to the embeddings): every checkpoint would carry the vocabulary matrix. Frozen is frozen.
+    frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
     return {
-        "model": get_model_state_dict(model, options=_dcp_options()),
+        "model": {name: value for name, value in weights.items() if name not in frozen},
         "optim": get_optimizer_state_dict(model, optimizer, options=_dcp_options()),
     }
 

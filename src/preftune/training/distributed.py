@@ -10,9 +10,11 @@ One run is the same computation on 1 or N processes (`docs/ARCHITECTURE.md`, "Th
 - **normalisers**: computed from the whole step's examples, which every rank has: each rank divides
   its sums by the global pairs/tokens count, and the gradients summed over the ranks are the
   gradient of the whole step (DDP and FSDP average, so each rank's share is scaled by the world size);
-- **strategies**: LoRA trains under DDP (`no_sync` on all passes but a step's last); full
-  fine-tuning under FSDP2 (`fully_shard` per decoder layer and at the root; bf16 mixed precision
-  on CUDA, fp32 on the CPU);
+- **strategies** (`Launch.strategy`, a job's `resources.strategy`): `auto` trains LoRA under DDP
+  (`no_sync` on all passes but a step's last) and full fine-tuning under FSDP2 (`fully_shard` per
+  decoder layer and at the root; bf16 mixed precision on CUDA, fp32 on the CPU); `fsdp` shards a
+  LoRA run's frozen base too, for a base that does not fit one device (only the LoRA weights are
+  trained, reduced and checkpointed); `ddp` replicates a full fine-tuning run;
 - **metrics**: summed over the ranks (`reduce_totals`) and written by rank 0 only.
 
 World size 1 takes none of these paths: `Group.single()` runs no collective and wraps no model.
@@ -37,6 +39,8 @@ from preftune.training.sampling import micro_batches
 from preftune.training.step import StepTotals
 
 DEFAULT_COLLECTIVE_TIMEOUT_S = 300.0
+# auto: DDP for LoRA, FSDP2 for full fine-tuning; ddp: replicate the model; fsdp: shard it (LoRA too).
+STRATEGIES = ("auto", "ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class Launch:
     local_rank: int = 0
     local_world_size: int = 1
     collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S
+    strategy: str = "auto"  # STRATEGIES: how several processes share the model
 
 
 class Group:
@@ -198,11 +203,19 @@ class Strategy:
 
     name = "single"
     loss_scale = 1.0
+    # Sharded weights: every forward is a collective, so every rank must run the same forwards (the
+    # reference's and the final evaluation's too); replicated ones can forward on one rank alone.
+    sharded = False
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
 
     def logps(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        return sequence_logps(self.model, batch)
+
+    def plain_logps(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """A forward outside the gradient exchange (reference, evaluation): the model itself, unless
+        its weights are sharded and only the wrapped forward gathers them."""
         return sequence_logps(self.model, batch)
 
     def grad_sync(self, last: bool) -> contextlib.AbstractContextManager[Any]:
@@ -236,6 +249,7 @@ class DDPStrategy(Strategy):
 
 class FSDPStrategy(Strategy):
     name = "fsdp"
+    sharded = True
 
     def __init__(self, model: nn.Module, group: Group, param_dtype: torch.dtype | None) -> None:
         super().__init__(model)
@@ -254,6 +268,9 @@ class FSDPStrategy(Strategy):
     def logps(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         return self.root(batch)  # type: ignore[no-any-return]
 
+    def plain_logps(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.root(batch)  # type: ignore[no-any-return]
+
     @contextlib.contextmanager
     def grad_sync(self, last: bool) -> Iterator[None]:
         self.root.set_requires_gradient_sync(last)
@@ -265,15 +282,22 @@ class FSDPStrategy(Strategy):
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        # LoRA: only the trainable (adapter) weights are gathered, never the frozen base.
+        frozen = any(not p.requires_grad for p in self.model.parameters())
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=frozen)
         return get_model_state_dict(self.model, options=options)  # type: ignore[return-value]
 
 
-def choose_strategy(model: nn.Module, lora: bool, group: Group, param_dtype: torch.dtype | None) -> Strategy:
-    """Single process: the model as it is; LoRA: DDP; full fine-tuning: FSDP2."""
+def choose_strategy(
+    model: nn.Module, lora: bool, group: Group, param_dtype: torch.dtype | None, wanted: str = "auto"
+) -> Strategy:
+    """Single process: the model as it is. Several: `wanted` (STRATEGIES); `auto` is DDP for LoRA
+    and FSDP2 for full fine-tuning."""
+    if wanted not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {wanted!r}")
     if not group.distributed:
         return Strategy(model)
-    if lora:
+    if wanted == "ddp" or (wanted == "auto" and lora):
         return DDPStrategy(model, group)
     return FSDPStrategy(model, group, param_dtype if group.device.type == "cuda" else None)
 

@@ -28,6 +28,7 @@ from preftune.errors import (
     InvalidRequestError,
     PreftuneError,
     TrainingError,
+    TrainingSpecError,
     is_disk_full,
 )
 from preftune.kernels.allocator import keep_freed_memory
@@ -53,7 +54,6 @@ from preftune.training.distributed import (
 from preftune.training.distributed import start as start_group
 from preftune.training.distributed import stop as stop_group
 from preftune.training.evaluation import EVAL_FILE, clean, evaluate_examples
-from preftune.training.logps import sequence_logps
 from preftune.training.losses import ExampleLogps, LossTerms, SequenceLogps, loss_for, step_normalisers
 from preftune.training.memory import MemoryPlan, plan_memory
 from preftune.training.modeling import (
@@ -271,8 +271,14 @@ class _Run:
             enable_gradient_checkpointing(self.policy)
         # DDP / FSDP wrap (and FSDP shards) the model before the optimizer sees its parameters.
         self.strategy = choose_strategy(
-            self.policy.model, self.policy.lora, self.group, self.policy.autocast_dtype
+            self.policy.model, self.policy.lora, self.group, self.policy.autocast_dtype, self.launch.strategy
         )
+        if self.strategy.sharded and self.policy.lora and spec.merge:
+            raise TrainingSpecError(
+                "merge with a LoRA run sharded by FSDP (strategy fsdp): the merged model needs the whole "
+                "base on one device. Train with strategy ddp, or merge the downloaded adapter afterwards",
+                param="merge",
+            )
         self.effective_batch = spec.batch_size * spec.gradient_accumulation_steps
         self.steps_per_epoch = steps_per_epoch(len(self.train_data.examples), self.effective_batch)
         total = self.steps_per_epoch * spec.n_epochs
@@ -308,13 +314,15 @@ class _Run:
         # The reference never changes, so each example's values are computed once: later epochs and
         # repeated evaluations reuse them instead of running the reference forward again.
         memo = self.reference_memo.setdefault(split, {})
-        if all(i in memo for i in ids):
+        # Sharded weights: a forward is a collective, so no rank may skip one that another runs
+        # (which pairs each rank has seen differs); the memo then only serves the first step's reuse.
+        if not self.strategy.sharded and all(i in memo for i in ids):
             return torch.cat([memo[i] for i in ids]).to(self.policy.device)
         was_training = self.policy.model.training
         self.policy.model.eval()  # no LoRA dropout in the reference
         try:
             with torch.no_grad(), reference_mode(self.policy), self._autocast():
-                sums, _ = sequence_logps(self.policy.model, batch)
+                sums, _ = self.strategy.plain_logps(batch)
         finally:
             self.policy.model.train(was_training)
         for k, i in enumerate(ids):
@@ -707,8 +715,10 @@ class _Run:
             self._write_final(result)
         self.totals["wall_time_s"] = self.wall_before + time.perf_counter() - self.started
         result.report = self._report(result, self.totals, self.last_eval, resumed_from, self.precision)
-        if not stopped and self.eval_data is not None and self.is_dpo:
-            # Every rank runs the forward passes (a collective under FSDP); rank 0 writes.
+        # Sharded weights (FSDP): every rank runs the forward passes, a collective; replicated ones
+        # (DDP, one process): rank 0 alone evaluates, the others wait at the barrier below.
+        evaluates = self.group.is_main or self.strategy.sharded
+        if not stopped and self.eval_data is not None and self.is_dpo and evaluates:
             result.report["evaluation"] = self._final_evaluation()
         if self.group.is_main:
             write_report(self.output_dir, result.report)
@@ -743,7 +753,7 @@ class _Run:
 
         def policy(batch: PackedBatch, _ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
             with self._autocast():
-                return sequence_logps(self.policy.model, batch)
+                return self.strategy.plain_logps(batch)
 
         def reference(batch: PackedBatch, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
             if self.spec.needs_reference:
@@ -751,7 +761,7 @@ class _Run:
                 assert sums is not None
                 return sums, sums
             with reference_mode(self.policy), self._autocast():
-                return sequence_logps(self.policy.model, batch)
+                return self.strategy.plain_logps(batch)
 
         has_reference = self.policy.lora or self.spec.needs_reference
         self.policy.model.eval()
