@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         description="How long a collective of a multi-process training run waits for every rank before "
         "the run fails (a dead or stuck rank never hangs the job for ever).",
     )
+    ray_address: str | None = Field(
+        default=None,
+        description="The Ray cluster that jobs with resources.launcher ray train on (`auto`, "
+        "`ray://head:10001`, `head:6379`); default: a local Ray started for each such attempt.",
+    )
     secret_key: str | None = Field(
         default=None,
         description="Fernet key that encrypts stored secrets (W&B keys). Default: HOME/secret.key, made on "

@@ -30,7 +30,7 @@ def test_a_two_process_job_through_the_api(
         max_steps=3,
         max_length=64,
     )
-    assert job.resources == {"processes_per_node": 2, "nodes": 1}
+    assert job.resources == {"processes_per_node": 2, "nodes": 1, "launcher": "torchrun", "strategy": "auto"}
 
     watched = CliRunner().invoke(app, ["fine-tuning", "watch", job.id, "--json", "--interval", "1"])
     assert watched.exit_code == 0, watched.output

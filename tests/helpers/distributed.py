@@ -4,7 +4,8 @@
 calling `train` with its `Launch`; it returns when all of them have finished and raises when one
 failed (torch.multiprocessing reports the rank and its traceback). It returns what each rank's
 `train` handed back that a test can check (`RankOutcome`): whether that rank ran the final
-held-out evaluation, and the run's status.
+held-out evaluation, and the run's status. `assert_same_training(one, other)` checks two runs'
+outputs for "N processes train what one trains": the same metric lines and final weights, to 1e-5.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+import torch
+from safetensors.torch import load_file
+
 from helpers.ports import free_port
+
+# The step metrics two equal runs share (fp32: to 1e-5); an eval line compares its loss and margins.
+COMPARED = ("loss", "grad_norm", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen")
 
 
 @dataclass(frozen=True)
@@ -66,3 +74,25 @@ def spawn_train(
             RankOutcome(**json.loads(Path(outcomes, f"rank-{rank}.json").read_text()))
             for rank in range(world_size)
         ]
+
+
+def metric_lines(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_weights(out: Path, lora: bool = True) -> dict[str, torch.Tensor]:
+    return load_file(str(out / ("adapter/adapter_model.safetensors" if lora else "model/model.safetensors")))
+
+
+def assert_same_training(one: Path, other: Path, lora: bool = True) -> None:
+    """The runs in `one` and `other` logged the same steps with the same figures and ended with
+    the same weights (fp32, to 1e-5)."""
+    a, b = metric_lines(one), metric_lines(other)
+    assert [(x["step"], x["split"]) for x in a] == [(x["step"], x["split"]) for x in b]
+    for x, y in zip(a, b, strict=True):
+        for key in COMPARED if x["split"] == "train" else ("loss", "rewards/margins"):
+            assert y[key] == pytest.approx(x[key], abs=1e-5, rel=1e-5), (x["step"], x["split"], key)
+    wa, wb = final_weights(one, lora), final_weights(other, lora)
+    assert wa.keys() == wb.keys() and wa
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], atol=1e-5, rtol=1e-5, msg=name)

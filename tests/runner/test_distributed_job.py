@@ -75,6 +75,8 @@ def test_a_killed_rank_fails_the_attempt_and_the_job_resumes(
         assert job_service.get_job(session, owner_id, job_id).resources == {
             "processes_per_node": 2,
             "nodes": 1,
+            "launcher": "torchrun",
+            "strategy": "auto",
         }
     runner = Runner(settings, db=db, runner_id="r")
     outcomes: list[AttemptOutcome] = []

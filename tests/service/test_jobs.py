@@ -347,6 +347,9 @@ def test_the_runner_names_the_wandb_run_after_the_job_unless_the_user_did(
         ({"processes_per_node": 0}, "resources.processes_per_node"),
         ({"nodes": "many"}, "resources.nodes"),
         ({"gpus": 2}, "resources.gpus"),
+        ({"launcher": "slurm"}, "resources.launcher"),
+        ({"strategy": "zero3"}, "resources.strategy"),
+        ({"nodes": 2}, "resources.nodes"),  # several machines need the ray launcher
     ],
 )
 def test_bad_resources_name_the_field_and_queue_nothing(
@@ -365,8 +368,11 @@ def test_bad_resources_name_the_field_and_queue_nothing(
     job = _create(
         db, settings, alice.owner_id, orca_file_id, tiny_model_dir, resources={"processes_per_node": 4}
     )
-    assert job.resources == {"processes_per_node": 4, "nodes": 1}
-    assert _create(db, settings, alice.owner_id, orca_file_id, tiny_model_dir).resources == {
-        "processes_per_node": 1,
-        "nodes": 1,
-    }
+    defaults = {"processes_per_node": 1, "nodes": 1, "launcher": "torchrun", "strategy": "auto"}
+    assert job.resources == {**defaults, "processes_per_node": 4}
+    assert _create(db, settings, alice.owner_id, orca_file_id, tiny_model_dir).resources == defaults
+    on_ray = {"processes_per_node": 2, "nodes": 3, "launcher": "ray", "strategy": "fsdp"}
+    assert (
+        _create(db, settings, alice.owner_id, orca_file_id, tiny_model_dir, resources=on_ray).resources
+        == on_ray
+    )

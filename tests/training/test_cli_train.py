@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from typer.testing import CliRunner
 from preftune.cli.main import app
 from preftune.cli.train import collect_spec
 from preftune.contracts.spec import TrainingSpec
-from preftune.errors import TrainingSpecError
+from preftune.errors import InvalidRequestError, TrainingSpecError
 
 
 def test_every_knob_is_a_flag_with_its_help() -> None:
@@ -42,3 +43,29 @@ def test_bad_input_exits_with_a_message(tmp_path: Path, pairs_file: Path, preftu
         app, ["train", "-t", str(pairs_file), "-o", str(tmp_path / "o"), "-m", "nope/none"]
     )
     assert result.exit_code == 4 and "not found" in result.output
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--launcher", "slurm"], "--launcher must be one of torchrun, ray"),
+        (["--strategy", "zero3"], "--strategy must be one of auto, ddp, fsdp"),
+        (["--launcher", "ray", "--rdzv-endpoint", "node0:29500"], "Ray places the ranks itself"),
+    ],
+)
+def test_bad_launch_flags_are_named(
+    tmp_path: Path, pairs_file: Path, preftune_home: Path, flags: list[str], message: str
+) -> None:
+    out = tmp_path / "o"
+    result = CliRunner().invoke(app, ["train", "-t", str(pairs_file), "-o", str(out), *flags])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+    assert not out.exists()
+
+
+def test_without_ray_the_ray_launcher_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from preftune.training.ray_launch import require_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` sees without the extra
+    with pytest.raises(InvalidRequestError, match=r'pip install "preftune\[ray\]"') as info:
+        require_ray()
+    assert info.value.code == "ray_not_installed" and info.value.param == "launcher"

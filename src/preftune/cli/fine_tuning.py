@@ -81,14 +81,18 @@ def _create(
     config: Path | None,
     processes_per_node: int | None = None,
     nodes: int | None = None,
+    launcher: str | None = None,
+    strategy: str | None = None,
     **knobs: Any,
 ) -> None:
     params: dict[str, Any] = {}
-    resources = {
-        name: value
-        for name, value in (("processes_per_node", processes_per_node), ("nodes", nodes))
-        if value is not None
+    given = {
+        "processes_per_node": processes_per_node,
+        "nodes": nodes,
+        "launcher": launcher,
+        "strategy": strategy,
     }
+    resources = {name: value for name, value in given.items() if value is not None}
     if config is not None:
         # The YAML of `preftune train --config`; flags given on the command line win over it.
         params = TrainingSpec.from_yaml(config).model_dump(exclude_unset=True)
@@ -172,7 +176,27 @@ def _build_create() -> Any:
             inspect.Parameter.KEYWORD_ONLY,
             annotation=int | None,
             default=typer.Option(
-                None, "--nodes", min=1, help="Machines the job trains on (a cluster launcher)."
+                None, "--nodes", min=1, help="Machines the job trains on (with --launcher ray)."
+            ),
+        ),
+        inspect.Parameter(
+            "launcher",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=str | None,
+            default=typer.Option(
+                None,
+                "--launcher",
+                help="torchrun (the runner's node, the default) or ray (the server's Ray cluster).",
+            ),
+        ),
+        inspect.Parameter(
+            "strategy",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=str | None,
+            default=typer.Option(
+                None,
+                "--strategy",
+                help="auto (DDP for LoRA, FSDP2 for full), ddp, or fsdp (shards LoRA's frozen base too).",
             ),
         ),
         inspect.Parameter(

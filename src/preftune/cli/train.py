@@ -11,15 +11,18 @@ import inspect
 import signal
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, get_args
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from preftune.cli.common import console, fmt_number, handle_errors
 from preftune.cli.spec_flags import parse_knob, spec_parameter
+from preftune.contracts.resources import Launcher, StrategyName
 from preftune.contracts.spec import TrainingSpec
+from preftune.errors import InvalidRequestError
 from preftune.training.callbacks import TrainCallbacks
+from preftune.training.result import TrainResult
 
 
 def _fmt_eta(seconds: float | None) -> str:
@@ -96,15 +99,26 @@ def _train(
     nnodes: int = 1,
     node_rank: int = 0,
     rdzv_endpoint: str | None = None,
+    launcher: str = "torchrun",
+    ray_address: str | None = None,
+    strategy: str = "auto",
     **knobs: Any,
 ) -> None:
     from preftune.config import LaunchEnv, Settings
     from preftune.training.distributed import Launch
-    from preftune.training.trainer import train
 
     spec = collect_spec(config, knobs)  # a bad knob fails here, before any process is started
     settings, env = Settings(), LaunchEnv()
-    if nproc_per_node * nnodes > 1 and env.world_size == 1:
+    for flag, value, allowed in (("launcher", launcher, Launcher), ("strategy", strategy, StrategyName)):
+        if value not in get_args(allowed):
+            raise InvalidRequestError(f"--{flag} must be one of {', '.join(get_args(allowed))}", param=flag)
+    if launcher == "ray":
+        if rdzv_endpoint or node_rank:
+            raise InvalidRequestError(
+                "--node-rank and --rdzv-endpoint are torchrun's: Ray places the ranks itself (--nnodes N)",
+                param="launcher",
+            )
+    elif nproc_per_node * nnodes > 1 and env.world_size == 1:
         _relaunch(env, nproc_per_node, nnodes, node_rank, rdzv_endpoint)
     launch = Launch(
         rank=env.rank,
@@ -112,6 +126,7 @@ def _train(
         local_rank=env.local_rank,
         local_world_size=env.local_world_size,
         collective_timeout_s=settings.collective_timeout_s,
+        strategy=strategy,
     )
     columns = (
         TextColumn("step"),
@@ -125,19 +140,23 @@ def _train(
     with Progress(*columns, console=console, transient=False, disable=not main) as progress:
         display = ProgressDisplay(progress)
         previous = signal.signal(signal.SIGINT, display.interrupt)
+        run: dict[str, Any] = {
+            "model": model,
+            "training_file": training_file,
+            "output_dir": output_dir,
+            "validation_file": validation_file,
+            "models_dir": settings.models_dir,
+            "resume": resume,
+            "callbacks": display,
+            "device": settings.device,
+        }
         try:
-            result = train(
-                spec,
-                model=model,
-                training_file=training_file,
-                output_dir=output_dir,
-                validation_file=validation_file,
-                models_dir=settings.models_dir,
-                resume=resume,
-                callbacks=display,
-                device=settings.device,
-                launch=launch,
-            )
+            if launcher == "ray":
+                result = _train_on_ray(spec, run, settings, ray_address, nproc_per_node, nnodes, strategy)
+            else:
+                from preftune.training.trainer import train
+
+                result = train(spec, launch=launch, **run)
         finally:
             signal.signal(signal.SIGINT, previous)
     if not main:
@@ -162,6 +181,35 @@ def _train(
             f"DPO loss {pair('loss')} (eval.json)"
         )
     console.print(f"metrics: {output_dir / 'metrics.jsonl'}  report: {result.report_path}")
+
+
+def _train_on_ray(
+    spec: TrainingSpec,
+    run: dict[str, Any],
+    settings: Any,
+    address: str | None,
+    processes_per_node: int,
+    nodes: int,
+    strategy: str,
+) -> TrainResult:
+    """The run on `processes_per_node x nodes` workers of a Ray cluster (a local one without an address)."""
+    import ray
+
+    from preftune.training import ray_launch
+
+    connected = ray_launch.connect(address or settings.ray_address)
+    try:
+        return ray_launch.train_on_ray(
+            spec,
+            processes_per_node=processes_per_node,
+            nodes=nodes,
+            strategy=strategy,
+            collective_timeout_s=settings.collective_timeout_s,
+            **run,
+        )
+    finally:
+        if connected:
+            ray.shutdown()
 
 
 def _relaunch(env: Any, nproc_per_node: int, nnodes: int, node_rank: int, rdzv_endpoint: str | None) -> None:
@@ -246,6 +294,36 @@ def build_command() -> Any:
                 None,
                 "--rdzv-endpoint",
                 help="HOST:PORT of node 0, which every node can reach (several nodes).",
+            ),
+        ),
+        _option(
+            "launcher",
+            str,
+            typer.Option(
+                "torchrun",
+                "--launcher",
+                help="torchrun (processes of this machine, or --nnodes machines each running this command) "
+                "or ray (Ray Train workers of a Ray cluster: the ray extra).",
+            ),
+        ),
+        _option(
+            "ray_address",
+            str | None,
+            typer.Option(
+                None,
+                "--ray-address",
+                help="With --launcher ray: the cluster (auto, ray://head:10001, head:6379); default "
+                "PREFTUNE_RAY_ADDRESS, else a local Ray.",
+            ),
+        ),
+        _option(
+            "strategy",
+            str,
+            typer.Option(
+                "auto",
+                "--strategy",
+                help="How several processes share the model: auto (DDP for LoRA, FSDP2 for full "
+                "fine-tuning), ddp, fsdp (shards LoRA's frozen base too).",
             ),
         ),
     ]

@@ -84,7 +84,14 @@ class FineTuneJob(_Object):
     output_name: str | None = None
     error: JobError | None = None
     attempts: int = 0
-    resources: dict[str, int] = Field(default_factory=lambda: {"processes_per_node": 1, "nodes": 1})
+    resources: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "processes_per_node": 1,
+            "nodes": 1,
+            "launcher": "torchrun",
+            "strategy": "auto",
+        }
+    )
 
     @property
     def done(self) -> bool:

@@ -15,8 +15,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from preftune.contracts.resources import Resources
+from preftune.contracts.spec import TrainingSpec
 from preftune.errors import DataValidationError, ModelNotFoundError, PreftuneError, TrainingSpecError
 from preftune.training.callbacks import TrainCallbacks
+from preftune.training.result import TrainResult
 
 USER_ERRORS = (DataValidationError, TrainingSpecError, ModelNotFoundError)
 # The child's stdout and stderr (library warnings, tracebacks) go here, inside the job directory.
@@ -90,22 +93,19 @@ def child_main(payload: dict[str, Any], queue: Any, stop_event: Any, parent_pid:
     """Entry point of the child (spawned): train, then put ("result", …) or ("error", …) on the queue.
 
     A job with `resources.processes_per_node` > 1 runs as that many ranks under torch.distributed's
-    launcher (`_launch_ranks`); rank 0 reports through the queue as a single process does.
+    launcher (`_launch_ranks`); one with `resources.launcher` ray as Ray Train workers on the Ray
+    cluster of PREFTUNE_RAY_ADDRESS (`_train_on_ray`, this process its driver). Rank 0 reports
+    through the queue as a single process does.
     """
     # Ctrl-C reaches the whole process group; the runner decides how this child stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         _log_to(Path(payload["output_dir"]) / LOG_FILE)
-        resources = dict(payload.get("resources") or {})
-        if int(resources.get("nodes", 1)) > 1:
-            raise TrainingSpecError(
-                "resources.nodes > 1: the local runner trains on its own node only; run multi-node jobs "
-                "with torchrun (preftune train --nnodes) or on a Ray cluster (preftune.training.ray_launch)",
-                param="resources.nodes",
-            )
-        processes = int(resources.get("processes_per_node", 1))
-        if processes > 1:
-            _launch_ranks(payload, queue, stop_event, parent_pid, processes)
+        resources = Resources.model_validate(payload.get("resources") or {})
+        if resources.launcher == "ray":
+            _train_on_ray(payload, queue, ForwardingCallbacks(queue, stop_event, parent_pid), resources)
+        elif resources.processes_per_node > 1:
+            _launch_ranks(payload, queue, stop_event, parent_pid, resources.processes_per_node)
         else:
             _train_rank(payload, queue, ForwardingCallbacks(queue, stop_event, parent_pid), None)
     except BaseException as exc:  # every failure must reach the runner as a message
@@ -148,14 +148,10 @@ def evaluation_main(payload: dict[str, Any], queue: Any) -> None:
 
 def _train_rank(payload: dict[str, Any], queue: Any, callbacks: TrainCallbacks, launch: Any) -> None:
     """Run the trainer in this process; rank 0 (or the only process) puts the result on the queue."""
-    from preftune.contracts.spec import TrainingSpec
     from preftune.training.trainer import train
 
-    spec = TrainingSpec.model_validate(payload["spec"])
-    if payload.get("from_checkpoint_path"):
-        spec = spec.model_copy(update={"from_checkpoint": payload["from_checkpoint_path"]})
     result = train(
-        spec,
+        _spec(payload),
         model=payload["model"],
         training_file=Path(payload["training_file"]),
         output_dir=Path(payload["output_dir"]),
@@ -166,22 +162,63 @@ def _train_rank(payload: dict[str, Any], queue: Any, callbacks: TrainCallbacks, 
         device=payload.get("device", "auto"),
         launch=launch,
     )
-    if launch is not None and launch.rank != 0:
-        return
-    queue.put(
-        (
-            "result",
-            {
-                "status": result.status,
-                "steps": result.steps,
-                "total_steps": result.total_steps,
-                "adapter_path": str(result.adapter_path) if result.adapter_path else None,
-                "model_path": str(result.model_path) if result.model_path else None,
-                "merged_path": str(result.merged_path) if result.merged_path else None,
-                "final_metrics": result.final_metrics,
-            },
+    if launch is None or launch.rank == 0:
+        queue.put(("result", _result_message(result)))
+
+
+def _result_message(result: TrainResult) -> dict[str, Any]:
+    return {
+        "status": result.status,
+        "steps": result.steps,
+        "total_steps": result.total_steps,
+        "adapter_path": str(result.adapter_path) if result.adapter_path else None,
+        "model_path": str(result.model_path) if result.model_path else None,
+        "merged_path": str(result.merged_path) if result.merged_path else None,
+        "final_metrics": result.final_metrics,
+    }
+
+
+def _spec(payload: dict[str, Any]) -> TrainingSpec:
+    spec = TrainingSpec.model_validate(payload["spec"])
+    if payload.get("from_checkpoint_path"):
+        spec = spec.model_copy(update={"from_checkpoint": payload["from_checkpoint_path"]})
+    return spec
+
+
+def _train_on_ray(
+    payload: dict[str, Any], queue: Any, callbacks: TrainCallbacks, resources: Resources
+) -> None:
+    """The job's ranks as Ray Train workers; this process drives them and reports rank 0's result.
+
+    A worker that dies fails Ray Train's run (no restarts), so the attempt fails and the runner
+    retries it from the last checkpoint, as with torchrun's ranks."""
+    import ray
+
+    from preftune.config import Settings
+    from preftune.training import ray_launch
+
+    settings = Settings()
+    connected = ray_launch.connect(payload.get("ray_address") or settings.ray_address)
+    try:
+        result = ray_launch.train_on_ray(
+            _spec(payload),
+            model=payload["model"],
+            training_file=Path(payload["training_file"]),
+            output_dir=Path(payload["output_dir"]),
+            validation_file=Path(payload["validation_file"]) if payload.get("validation_file") else None,
+            models_dir=Path(payload["models_dir"]),
+            resume=bool(payload.get("resume")),
+            processes_per_node=resources.processes_per_node,
+            nodes=resources.nodes,
+            device=payload.get("device", "auto"),
+            strategy=resources.strategy,
+            collective_timeout_s=float(payload.get("collective_timeout_s") or settings.collective_timeout_s),
+            callbacks=callbacks,
         )
-    )
+    finally:
+        if connected:
+            ray.shutdown()
+    queue.put(("result", _result_message(result)))
 
 
 def _launch_ranks(
@@ -219,6 +256,7 @@ def rank_main(payload: dict[str, Any], queue: Any, stop_event: Any, child_pid: i
         local_rank=env.local_rank,
         local_world_size=env.local_world_size,
         collective_timeout_s=float(payload.get("collective_timeout_s") or Settings().collective_timeout_s),
+        strategy=Resources.model_validate(payload.get("resources") or {}).strategy,
     )
     callbacks = ForwardingCallbacks(queue, stop_event, child_pid, runner_pid)
     try:

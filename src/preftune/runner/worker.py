@@ -204,6 +204,7 @@ class Runner:
             "device": self.settings.device,
             "resources": claimed.resources,
             "collective_timeout_s": self.settings.collective_timeout_s,
+            "ray_address": self.settings.ray_address,
         }
 
     def _run_attempt(self, claimed: runs.ClaimedJob) -> AttemptOutcome:

@@ -26,12 +26,13 @@ import contextlib
 import datetime
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from preftune.contracts.resources import StrategyName
 from preftune.training.logps import sequence_logps, split_model
 from preftune.training.memory import split_by_tokens
 from preftune.training.packing import PackedBatch
@@ -40,7 +41,7 @@ from preftune.training.step import StepTotals
 
 DEFAULT_COLLECTIVE_TIMEOUT_S = 300.0
 # auto: DDP for LoRA, FSDP2 for full fine-tuning; ddp: replicate the model; fsdp: shard it (LoRA too).
-STRATEGIES = ("auto", "ddp", "fsdp")
+STRATEGIES: tuple[str, ...] = get_args(StrategyName)
 
 
 @dataclass(frozen=True)

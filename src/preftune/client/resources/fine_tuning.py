@@ -29,14 +29,15 @@ class FineTuning:
         model: str,
         validation_file: str | None = None,
         idempotency_key: str | None = None,
-        resources: dict[str, int] | None = None,
+        resources: dict[str, Any] | None = None,
         **hyperparameters: Any,
     ) -> FineTuneJob:
         """Queue a job. `hyperparameters` are `TrainingSpec`'s knobs by name (`lora=True`,
         `training_method="dpo"`, `dpo_beta=0.2`, `rpo_alpha=1.0`, `simpo_gamma=1.0`, `n_epochs`, ...);
         the server refuses an unknown or out-of-range knob with an `InvalidRequestError` naming it.
-        `resources={"processes_per_node": 2}` trains on two processes (`nodes` too, with a cluster
-        launcher). Retries reuse one `Idempotency-Key` (pass your own to make a create safe across
+        `resources={"processes_per_node": 2}` trains on two processes; `"launcher": "ray"` on the
+        server's Ray cluster (and `nodes` > 1 with it); `"strategy": "fsdp"` shards the model (LoRA's
+        frozen base too). Retries reuse one `Idempotency-Key` (pass your own to make a create safe across
         processes)."""
         body: dict[str, Any] = {"training_file": training_file, "model": model, **hyperparameters}
         if validation_file is not None:

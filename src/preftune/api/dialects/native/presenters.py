@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from preftune.api.dialects.native import schemas
+from preftune.contracts.resources import Resources
 from preftune.contracts.spec import SECRET_FIELDS, TrainingSpec
 from preftune.service.files import report_summary
 from preftune.store import models
@@ -70,7 +71,7 @@ def job_object(row: models.Job) -> schemas.FineTuneJob:
         output_name=row.output_name,
         error=job_error(row),
         attempts=row.attempts or 0,
-        resources={"processes_per_node": 1, "nodes": 1, **(row.resources or {})},
+        resources={**Resources().model_dump(), **(row.resources or {})},
     )
 
 

@@ -62,8 +62,9 @@ class FineTuneCreate(TrainingSpec):
     )
     resources: Resources | None = Field(
         default=None,
-        description="Processes per node and nodes to train on (default: one process). With several, the "
-        "runner launches them through torch.distributed; the global batch stays batch_size x "
+        description="Processes per node, nodes, launcher (torchrun or ray) and strategy (auto, ddp, fsdp) "
+        "to train with (default: one process). With several, the runner launches them through "
+        "torch.distributed's launcher or Ray Train; the global batch stays batch_size x "
         "gradient_accumulation_steps.",
     )
 
@@ -113,9 +114,9 @@ class FineTuneJob(BaseModel):
     output_name: str | None = Field(default=None, description="ft:<base>:<suffix>:<job id> once completed.")
     error: JobError | None = None
     attempts: int = 0
-    resources: dict[str, int] = Field(
-        default_factory=lambda: {"processes_per_node": 1, "nodes": 1},
-        description="What the job trains on: processes_per_node, nodes.",
+    resources: dict[str, Any] = Field(
+        default_factory=lambda: Resources().model_dump(),
+        description="What the job trains on: processes_per_node, nodes, launcher, strategy.",
     )
 
 
