@@ -65,7 +65,9 @@ def _assert_same_run(one: Path, two: Path, lora: bool, strategy: str) -> None:
 
 def _assert_mfu_per_device(one: Path, two: Path) -> None:
     """The same global step has the same model FLOPs on any world size; MFU shares them per device."""
-    reports = {world: json.loads((out / "train_report.json").read_text()) for world, out in ((1, one), (2, two))}
+    reports = {
+        world: json.loads((out / "train_report.json").read_text()) for world, out in ((1, one), (2, two))
+    }
     assert reports[1]["model_flops"] == reports[2]["model_flops"] > 0
     for world, out in ((1, one), (2, two)):
         peak = reports[world]["peak_flops"]

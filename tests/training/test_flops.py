@@ -131,7 +131,9 @@ def test_a_run_reports_mfu_per_step_and_in_its_report(
     # One epoch of all 16 pairs: the run's model FLOPs are those of every pair once.
     spec = TrainingSpec(max_length=64, batch_size=4, learning_rate=1e-3, precision="fp32", n_epochs=1)
     out = tmp_path / "run"
-    train(spec, model=str(tiny_model_dir), training_file=pairs_file, output_dir=out, models_dir=tmp_path / "m")
+    train(
+        spec, model=str(tiny_model_dir), training_file=pairs_file, output_dir=out, models_dir=tmp_path / "m"
+    )
     lines = _lines(out)
     assert len(lines) == 4
     for line in lines:
@@ -144,7 +146,9 @@ def test_a_run_reports_mfu_per_step_and_in_its_report(
     assert report["mfu"] == pytest.approx(report["model_flops_per_s"] / report["peak_flops"], rel=1e-12)
 
     config = AutoConfig.from_pretrained(tiny_model_dir)
-    data = tokenize_file(pairs_file, spec, AutoTokenizer.from_pretrained(tiny_model_dir), param="training_file")
+    data = tokenize_file(
+        pairs_file, spec, AutoTokenizer.from_pretrained(tiny_model_dir), param="training_file"
+    )
     examples = data.examples
     assert report["tokens_seen"] == sum(e.length for e in examples)
     expected = flops.model_flops(

@@ -145,7 +145,12 @@ def table_peak(device_name: str, dtype: torch.dtype) -> float | None:
 
 
 def measured_matmul_peak(
-    dtype: torch.dtype, device: torch.device, *, size: int | None = None, repeats: int = 3, budget_s: float = 0.3
+    dtype: torch.dtype,
+    device: torch.device,
+    *,
+    size: int | None = None,
+    repeats: int = 3,
+    budget_s: float = 0.3,
 ) -> float:
     """The best FLOP/s of a square matmul of `size` (1024 on the CPU, 4096 on an accelerator) in
     `dtype` on `device` with this process's threads: `repeats` timings of each product, fewer when

@@ -54,7 +54,14 @@ from preftune.training.distributed import (
 from preftune.training.distributed import start as start_group
 from preftune.training.distributed import stop as stop_group
 from preftune.training.evaluation import EVAL_FILE, clean, evaluate_examples
-from preftune.training.flops import Peak, block_matmul_params, device_peak_flops, logit_tokens, mfu, model_flops
+from preftune.training.flops import (
+    Peak,
+    block_matmul_params,
+    device_peak_flops,
+    logit_tokens,
+    mfu,
+    model_flops,
+)
 from preftune.training.losses import ExampleLogps, LossTerms, SequenceLogps, loss_for, step_normalisers
 from preftune.training.memory import MemoryPlan, plan_memory
 from preftune.training.modeling import (
@@ -592,7 +599,9 @@ class _Run:
     def _flops_summary(self, totals: dict[str, float]) -> dict[str, Any]:
         """The run's model FLOP/s and MFU over all its steps (resumed ones too), and the peak used."""
         if self.flops_config is None or not totals.get("train_step_s"):
-            return dict.fromkeys(("model_flops", "model_flops_per_s", "mfu", "peak_flops", "peak_flops_source"))
+            return dict.fromkeys(
+                ("model_flops", "model_flops_per_s", "mfu", "peak_flops", "peak_flops_source")
+            )
         rate = totals["model_flops"] / totals["train_step_s"]
         return {
             "model_flops": totals["model_flops"],
