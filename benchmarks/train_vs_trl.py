@@ -15,11 +15,12 @@ configuration's alone.
 Throughput counts the training loop only (first step start to last step end: no model load, no
 tokenisation, no saving), identically for both. tokens/s counts each pair's tokens once (prompt + chosen +
 rejected, as tokenised by the chat template), so the two rates have the same numerator; TRL's layout
-computes the prompt twice and pads. FLOP/s (preftune) is a model-FLOPs estimate: per token, 2N for the
-policy forward, 2N for the backward through frozen weights (activation gradients only; LoRA's own are
-negligible) and 2N for the reference forward (N = non-embedding parameters), plus the output layer for the
-answer tokens only (preftune never builds the other logits); measured against a float32 matmul's speed on
-the same threads.
+computes the prompt twice and pads. FLOP/s (preftune) is a model-FLOPs estimate, `training.flops` (the
+trainer's own `mfu` metric counts the same): per token, 2N for the policy forward, 2N for the backward
+through frozen weights (activation gradients only; LoRA's own are negligible) and 2N for the reference
+forward (N = the transformer blocks' matmul weights), plus the output layer for the answer tokens only
+(preftune never builds the other logits); measured against a matmul's speed in the run's precision on the
+same threads.
 """
 
 from __future__ import annotations
@@ -68,15 +69,17 @@ def write_pairs(n: int, out: Path) -> Path:
     return out
 
 
-def pair_tokens(model_dir: Path, data: Path, max_length: int) -> int:
-    """Tokens of all pairs, prompt once + both answers, with preftune's tokenisation and truncation."""
+def pair_tokens(model_dir: Path, data: Path, max_length: int) -> tuple[int, int]:
+    """Tokens of all pairs (prompt once + both answers) and their answer tokens (the output layer's
+    rows), with preftune's tokenisation and truncation."""
     from transformers import AutoTokenizer
 
     from preftune.data import PreferenceExample, iter_examples
+    from preftune.training.flops import logit_tokens
     from preftune.training.tokenize import PairTokens, TruncationStats, tokenize_pair
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    total = 0
+    total = answers = 0
     for i, ex in enumerate(iter_examples(data)):
         assert isinstance(ex, PreferenceExample)
         pair = tokenize_pair(
@@ -84,7 +87,8 @@ def pair_tokens(model_dir: Path, data: Path, max_length: int) -> int:
         )
         if isinstance(pair, PairTokens):
             total += pair.length
-    return total
+            answers += logit_tokens(pair)
+    return total, answers
 
 
 # --- workers (run in their own process) ----------------------------------------------------------------------
@@ -220,61 +224,31 @@ def worker_preftune(model_dir: Path, data: Path, precision: str) -> dict[str, An
 
 
 def worker_matmul_peak(dtype_name: str, n: int = 1536) -> dict[str, Any]:
-    """Best FLOP/s of a square matmul (the machine's practical peak for this dtype and thread count).
+    """Best FLOP/s of a square matmul (the machine's practical peak for this dtype and thread count):
+    `training.flops.measured_matmul_peak`, the trainer's own measurement, at a larger size and with
+    more repeats than the trainer's quick one. The better of `torch.mm` and, in float32, the pre-packed
+    oneDNN matmul preftune's frozen layers use: MFU is measured against the fastest kernel there is
+    here, not against the one preftune happens to beat."""
+    import math
 
-    The better of PyTorch's `torch.mm` and, in float32 where it runs, the pre-packed oneDNN matmul that
-    preftune's frozen layers use (`kernels/packed_linear.py`): MFU is measured against the fastest
-    kernel there is here, not against the one preftune happens to beat.
-    """
     import torch
-    from torch import nn
 
-    from preftune.kernels import packed_linear
+    from preftune.training.flops import measured_matmul_peak
     from preftune.training.modeling import set_threads
 
     set_threads()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    products = [lambda: torch.mm(a, b)]
-    if dtype == torch.float32 and packed_linear.available():
-        layer = nn.Linear(n, n, bias=False).requires_grad_(False)
-        packed_linear.pack_frozen_linears(layer)
-        products.append(lambda: layer(a))
-    best = 0.0
-    for product in products:
-        for _ in range(8):
-            t = time.perf_counter()
-            product()
-            best = max(best, 2 * n**3 / (time.perf_counter() - t))
-    return {"flops": best}
+    return {"flops": measured_matmul_peak(dtype, torch.device("cpu"), size=n, repeats=8, budget_s=math.inf)}
 
 
-def model_flops(model_dir: Path, data: Path, max_length: int, steps_tokens: int) -> float:
-    """Model FLOPs of one LoRA DPO epoch over `data` (see the module docstring)."""
+def model_flops(model_dir: Path, steps_tokens: int, answer_tokens: int) -> float:
+    """Model FLOPs of one LoRA DPO epoch (`training.flops.model_flops`, the module docstring's convention)."""
     from transformers import AutoConfig
 
-    from preftune.data import PreferenceExample, iter_examples
+    from preftune.training.flops import model_flops as count
 
     config = AutoConfig.from_pretrained(model_dir)
-    d, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
-    kv = d * config.num_key_value_heads // config.num_attention_heads
-    per_layer = d * d * 2 + d * kv * 2 + 3 * d * inter  # q,o + k,v + gate,up,down
-    n_non_embedding = layers * per_layer
-    answer_tokens = 0
-    from transformers import AutoTokenizer
-
-    from preftune.training.tokenize import PairTokens, TruncationStats, tokenize_pair
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    for i, ex in enumerate(iter_examples(data)):
-        assert isinstance(ex, PreferenceExample)
-        pair = tokenize_pair(
-            tokenizer, i + 1, ex.messages, ex.preferred, ex.non_preferred, max_length, TruncationStats()
-        )
-        if isinstance(pair, PairTokens):
-            answer_tokens += len(pair.chosen) + len(pair.rejected)
-    head = 2 * d * config.vocab_size
-    return 6 * n_non_embedding * steps_tokens + 3 * head * answer_tokens
+    return count(config, steps_tokens, answer_tokens, trained_weights=False, reference=True)
 
 
 # --- driver ---------------------------------------------------------------------------------------------------
@@ -370,7 +344,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         data = write_pairs(n_pairs, Path(tmp) / "pairs.jsonl")
-        tokens = pair_tokens(model_dir, data, KNOBS["max_length"])
+        tokens, answer_tokens = pair_tokens(model_dir, data, KNOBS["max_length"])
         results: list[dict[str, Any]] = []
         wanted = args.trl.split(",")
         configs = [c for c in TRL_CONFIGS if args.trl == "all" or config_name(c) in wanted]
@@ -401,7 +375,7 @@ def main() -> None:
             )
         results.append(ours)
         peak = run_worker("matmul", dtype_name="fp32" if ours["precision"] == "fp32" else "bf16")["flops"]
-        flops = model_flops(model_dir, data, KNOBS["max_length"], int(ours["tokens_seen"] or tokens))
+        flops = model_flops(model_dir, int(ours["tokens_seen"] or tokens), answer_tokens)
 
     failed = [r for r in results if "failed" in r]
     results = [r for r in results if "failed" not in r]

@@ -50,6 +50,25 @@ def _assert_same_run(one: Path, two: Path, lora: bool, strategy: str) -> None:
             assert eb[side][key] == pytest.approx(value, abs=1e-5, rel=1e-5), (side, key)
 
 
+def _assert_mfu_per_device(one: Path, two: Path) -> None:
+    """The same global step has the same model FLOPs on any world size; MFU shares them per device."""
+    reports = {
+        world: json.loads((out / "train_report.json").read_text()) for world, out in ((1, one), (2, two))
+    }
+    assert reports[1]["model_flops"] == reports[2]["model_flops"] > 0
+    for world, out in ((1, one), (2, two)):
+        peak = reports[world]["peak_flops"]
+        for line in _lines(out):
+            if line["split"] == "train":
+                assert line["mfu"] == pytest.approx(line["model_flops_per_s"] / world / peak, rel=1e-12)
+                assert 0 < line["mfu"] <= 1
+    per_token = [
+        [x["model_flops_per_s"] / x["tokens_per_s"] for x in _lines(out) if x["split"] == "train"]
+        for out in (one, two)
+    ]
+    assert per_token[0] == pytest.approx(per_token[1], rel=1e-9)  # global FLOPs, not one rank's share
+
+
 @pytest.mark.parametrize(
     ("lora", "strategy"),
     [(True, "ddp"), (False, "fsdp"), (True, "fsdp")],
@@ -76,6 +95,7 @@ def test_two_processes_train_what_one_trains(
         )
         runs[world] = out
     _assert_same_run(runs[1], runs[2], lora, strategy)
+    _assert_mfu_per_device(runs[1], runs[2])
     # Rank 0 alone wrote the metrics: one line a step (and the final step's evaluation), not one per rank.
     assert [line["split"] for line in metric_lines(runs[2])] == ["train", "train", "train", "eval"]
     dcp_dir = runs[2] / "checkpoints" / "step-3" / "dcp"

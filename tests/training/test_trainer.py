@@ -32,6 +32,8 @@ TRAIN_KEYS = {
     "grad_norm",
     "tokens_per_s",
     "pairs_per_s",
+    "model_flops_per_s",
+    "mfu",
 }
 
 

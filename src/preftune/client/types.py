@@ -111,7 +111,8 @@ class JobEvent(_Object):
 
 
 class MetricPoint(_Object):
-    """One optimizer step's metrics (TRL's names: `loss`, `rewards/accuracies`, ...)."""
+    """One optimizer step's metrics (TRL's names: `loss`, `rewards/accuracies`, ...; train steps add
+    `tokens_per_s`, `pairs_per_s` and `model_flops_per_s` over all processes, and `mfu`, per device)."""
 
     step: int
 

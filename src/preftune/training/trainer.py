@@ -54,6 +54,14 @@ from preftune.training.distributed import (
 from preftune.training.distributed import start as start_group
 from preftune.training.distributed import stop as stop_group
 from preftune.training.evaluation import EVAL_FILE, clean, evaluate_examples
+from preftune.training.flops import (
+    Peak,
+    block_matmul_params,
+    device_peak_flops,
+    logit_tokens,
+    mfu,
+    model_flops,
+)
 from preftune.training.losses import ExampleLogps, LossTerms, SequenceLogps, loss_for, step_normalisers
 from preftune.training.memory import MemoryPlan, plan_memory
 from preftune.training.modeling import (
@@ -97,15 +105,23 @@ def train(
     callbacks: TrainCallbacks | None = None,
     device: str = "auto",
     launch: Launch | None = None,
+    peak_flops: float | None = None,
 ) -> TrainResult:
     """Train `model` on `training_file` as `spec` says; write outputs to `output_dir`.
 
     `device` is the `device` setting (auto, cpu, cuda, cuda:N); `launch` says which process of a
     torchrun/Ray launch this is (`training.distributed`): every rank calls `train` alike, rank 0
     alone writes metrics, events and final weights, and the other ranks' `callbacks` are not
-    called. User errors raise `DataValidationError`, `TrainingSpecError`, `ModelNotFoundError` or
-    `InvalidRequestError`; anything else that goes wrong raises `TrainingError`.
+    called. `peak_flops` is one device's peak FLOP/s for the metrics' `mfu` (`training.flops`; by
+    default a datasheet number for known GPUs, else a short measured matmul). User errors raise
+    `DataValidationError`, `TrainingSpecError`, `ModelNotFoundError` or `InvalidRequestError`;
+    anything else that goes wrong raises `TrainingError`.
     """
+    if peak_flops is not None and not peak_flops > 0:
+        raise InvalidRequestError(
+            f"peak_flops must be a positive FLOP/s figure (one device's peak), got {peak_flops!r}",
+            param="peak_flops",
+        )
     launch = launch or Launch()
     hooks = callbacks or TrainCallbacks()
     tracker = wandb_callbacks(spec, output_dir=Path(output_dir)) if launch.rank == 0 else None
@@ -124,6 +140,7 @@ def train(
         hooks,
         device,
         launch,
+        peak_flops,
     )
     try:
         result = run.execute()
@@ -175,8 +192,10 @@ class _Run:
         callbacks: TrainCallbacks,
         device: str = "auto",
         launch: Launch | None = None,
+        peak_flops: float | None = None,
     ) -> None:
         self.spec = spec
+        self.peak_flops = peak_flops
         self.device_setting = device
         self.launch = launch or Launch()
         self.model_name = model
@@ -505,8 +524,9 @@ class _Run:
         # A continued adapter with dropout differs from its reference copy even before the first step.
         same_forward = not self.policy.reference_adapter or self.spec.lora_dropout == 0
         self.policy_is_reference = REUSE_POLICY_AS_REFERENCE and start_step == 0 and same_forward
-        for key in ("tokens_seen", "examples_seen", "wall_time_s"):
+        for key in ("tokens_seen", "examples_seen", "wall_time_s", "model_flops", "train_step_s"):
             self.totals.setdefault(key, 0.0)
+        self._begin_flops()
         self.wall_before = self.totals["wall_time_s"]
         self.precision = "bf16" if self.policy.autocast_dtype == torch.bfloat16 else "fp32"
         self.lengths = [e.length for e in self.train_data.examples]
@@ -540,6 +560,56 @@ class _Run:
                 "gradient_checkpointing": self.policy.gradient_checkpointing,
             },
         )
+
+    def _begin_flops(self) -> None:
+        """What MFU needs (`training.flops`), before the loop's clock: the logit rows of each example,
+        whether the model's FLOPs can be counted, one device's peak (measured here, not in a step)."""
+        self.logit_rows = [logit_tokens(e) for e in self.train_data.examples]
+        self.flops_config: Any = self.policy.model.config
+        try:
+            block_matmul_params(self.flops_config)
+        except ValueError:  # a model whose FLOPs are not counted (mixture of experts): no mfu
+            self.flops_config = None
+            return
+        self.peak: Peak = device_peak_flops(
+            self.policy.device, self.policy.autocast_dtype or torch.float32, self.peak_flops
+        )
+        # Every rank measures its own share of the machine at the same time; none starts its first
+        # step (and slows another's measurement) before all have finished.
+        self.group.barrier()
+
+    def _step_flops(self, step_ids: list[int], tokens: int, elapsed: float) -> dict[str, float]:
+        """The step's `model_flops_per_s` (global) and `mfu` (per device); nothing when not counted."""
+        if self.flops_config is None:
+            return {}
+        flops = model_flops(
+            self.flops_config,
+            tokens,
+            sum(self.logit_rows[i] for i in step_ids),
+            trained_weights=not self.policy.lora,
+            reference=self.spec.needs_reference,
+        )
+        self.totals["model_flops"] += flops
+        self.totals["train_step_s"] += elapsed
+        return {
+            "model_flops_per_s": flops / elapsed,
+            "mfu": mfu(flops / elapsed, self.group.world_size, self.peak.flops),
+        }
+
+    def _flops_summary(self, totals: dict[str, float]) -> dict[str, Any]:
+        """The run's model FLOP/s and MFU over all its steps (resumed ones too), and the peak used."""
+        if self.flops_config is None or not totals.get("train_step_s"):
+            return dict.fromkeys(
+                ("model_flops", "model_flops_per_s", "mfu", "peak_flops", "peak_flops_source")
+            )
+        rate = totals["model_flops"] / totals["train_step_s"]
+        return {
+            "model_flops": totals["model_flops"],
+            "model_flops_per_s": rate,
+            "mfu": mfu(rate, self.group.world_size, self.peak.flops),
+            "peak_flops": self.peak.flops,
+            "peak_flops_source": self.peak.source,
+        }
 
     def _step_examples(self, step: int) -> list[int]:
         """The examples of optimizer step `step`: the seeded, length-grouped order of its epoch."""
@@ -583,6 +653,7 @@ class _Run:
             "grad_norm": grad_norm,
             "tokens_per_s": totals.tokens / elapsed,
             rate_key: len(step_ids) / elapsed,
+            **self._step_flops(step_ids, totals.tokens, elapsed),
         }
 
     def _eta(self, step: int) -> float:
@@ -831,6 +902,7 @@ class _Run:
             "tokens_seen": int(totals["tokens_seen"]),
             "examples_seen": int(totals["examples_seen"]),
             "wall_time_s": round(totals["wall_time_s"], 3),
+            **self._flops_summary(totals),
             "final_metrics": result.final_metrics,
             "final_eval_metrics": last_eval or None,
             "best_checkpoint": self.best,

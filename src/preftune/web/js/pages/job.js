@@ -18,6 +18,16 @@ const NOT_SERIES = new Set(["step", "total_steps", "epoch", "eta_seconds", "time
 const EVAL_RE = /^eval[/_.]/;
 const COLORS = ["#0b5cad", "#c2410c", "#15803d", "#7c3aed", "#b91c1c", "#0e7490", "#a16207", "#be185d"];
 
+/** The last step's speed: pairs (or examples) per second over all processes, and MFU per device. */
+export function throughput(m) {
+  if (!m) return "—";
+  const parts = [];
+  const rate = m.pairs_per_s ?? m.examples_per_s;
+  if (typeof rate === "number") parts.push(`${rate.toFixed(2)} ${m.pairs_per_s != null ? "pairs/s" : "examples/s"}`);
+  if (typeof m.mfu === "number") parts.push(`MFU ${(100 * m.mfu).toPrecision(2)}%`);
+  return parts.length ? parts.join(" · ") : "—";
+}
+
 /** Metric rows -> {chartKey: {labels: [series names], steps: [...], values: {name: [...]}}}. */
 export function seriesFrom(rows) {
   const charts = Object.fromEntries(CHARTS.map(([key]) => [key, new Map()]));
@@ -204,6 +214,7 @@ export function render(main, { params: [id] }) {
         h("div", h("div.muted", "Method"), h("div", methodName(j.hyperparameters || {}))),
         h("div", h("div.muted", "Dataset"), h("a.mono", { href: `#/datasets/${encodeURIComponent(j.training_file)}` }, j.training_file)),
         h("div", h("div.muted", "Progress"), progressCell(j)),
+        h("div", h("div.muted", "Throughput"), h("div", { "data-testid": "job-throughput" }, throughput(j.latest_metrics))),
         h("div", h("div.muted", "Started"), h("div", fmtTime(j.started_at))),
         h("div", h("div.muted", j.finished_at ? "Took" : "Running for"),
           h("div", j.started_at ? fmtDuration((j.finished_at || Date.now() / 1000) - j.started_at) : "—"))),
