@@ -58,12 +58,12 @@ def _assert_mfu_per_device(one: Path, two: Path) -> None:
     assert reports[1]["model_flops"] == reports[2]["model_flops"] > 0
     for world, out in ((1, one), (2, two)):
         peak = reports[world]["peak_flops"]
-        for line in _lines(out):
+        for line in metric_lines(out):
             if line["split"] == "train":
                 assert line["mfu"] == pytest.approx(line["model_flops_per_s"] / world / peak, rel=1e-12)
                 assert 0 < line["mfu"] <= 1
     per_token = [
-        [x["model_flops_per_s"] / x["tokens_per_s"] for x in _lines(out) if x["split"] == "train"]
+        [x["model_flops_per_s"] / x["tokens_per_s"] for x in metric_lines(out) if x["split"] == "train"]
         for out in (one, two)
     ]
     assert per_token[0] == pytest.approx(per_token[1], rel=1e-9)  # global FLOPs, not one rank's share
