@@ -187,3 +187,12 @@ def test_a_given_peak_is_the_denominator(tiny_model_dir: Path, pairs_file: Path,
         )
     assert caught.value.param == "peak_flops"
     assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
+def test_the_peak_probe_leaves_the_training_random_stream_alone() -> None:
+    # A resumed run restores the generator's state; a probe drawing from it would shift dropout.
+    from preftune.training.flops import measured_matmul_peak
+
+    before = torch.random.get_rng_state()
+    measured_matmul_peak(torch.float32, torch.device("cpu"), size=64, repeats=1)
+    assert torch.equal(torch.random.get_rng_state(), before)

@@ -161,7 +161,10 @@ def measured_matmul_peak(
     b = torch.randn(n, n, generator=generator).to(device=device, dtype=dtype)
     products: list[Callable[[], torch.Tensor]] = [lambda: torch.mm(a, b)]
     if device.type == "cpu" and dtype == torch.float32 and packed_linear.available():
-        layer = nn.Linear(n, n, bias=False).requires_grad_(False)
+        # nn.Linear initialises its weight from the global generator: without the fork the probe
+        # would shift the training run's random stream (dropout), and a resumed run would differ.
+        with torch.random.fork_rng(devices=[]):
+            layer = nn.Linear(n, n, bias=False).requires_grad_(False)
         packed_linear.pack_frozen_linears(layer)
         products.append(lambda: layer(a))
     best = 0.0
