@@ -150,18 +150,7 @@ def _train_rank(payload: dict[str, Any], queue: Any, callbacks: TrainCallbacks, 
     """Run the trainer in this process; rank 0 (or the only process) puts the result on the queue."""
     from preftune.training.trainer import train
 
-    result = train(
-        _spec(payload),
-        model=payload["model"],
-        training_file=Path(payload["training_file"]),
-        output_dir=Path(payload["output_dir"]),
-        validation_file=Path(payload["validation_file"]) if payload.get("validation_file") else None,
-        models_dir=Path(payload["models_dir"]),
-        resume=bool(payload.get("resume")),
-        callbacks=callbacks,
-        device=payload.get("device", "auto"),
-        launch=launch,
-    )
+    result = train(_spec(payload), callbacks=callbacks, launch=launch, **_run_inputs(payload))
     if launch is None or launch.rank == 0:
         queue.put(("result", _result_message(result)))
 
@@ -175,6 +164,19 @@ def _result_message(result: TrainResult) -> dict[str, Any]:
         "model_path": str(result.model_path) if result.model_path else None,
         "merged_path": str(result.merged_path) if result.merged_path else None,
         "final_metrics": result.final_metrics,
+    }
+
+
+def _run_inputs(payload: dict[str, Any]) -> dict[str, Any]:
+    """What `train()` and `train_on_ray()` both take from an attempt's payload: model, files, device."""
+    return {
+        "model": payload["model"],
+        "training_file": Path(payload["training_file"]),
+        "output_dir": Path(payload["output_dir"]),
+        "validation_file": Path(payload["validation_file"]) if payload.get("validation_file") else None,
+        "models_dir": Path(payload["models_dir"]),
+        "resume": bool(payload.get("resume")),
+        "device": payload.get("device", "auto"),
     }
 
 
@@ -202,18 +204,12 @@ def _train_on_ray(
     try:
         result = ray_launch.train_on_ray(
             _spec(payload),
-            model=payload["model"],
-            training_file=Path(payload["training_file"]),
-            output_dir=Path(payload["output_dir"]),
-            validation_file=Path(payload["validation_file"]) if payload.get("validation_file") else None,
-            models_dir=Path(payload["models_dir"]),
-            resume=bool(payload.get("resume")),
             processes_per_node=resources.processes_per_node,
             nodes=resources.nodes,
-            device=payload.get("device", "auto"),
             strategy=resources.strategy,
             collective_timeout_s=float(payload.get("collective_timeout_s") or settings.collective_timeout_s),
             callbacks=callbacks,
+            **_run_inputs(payload),
         )
     finally:
         if connected:
