@@ -4,6 +4,7 @@ the same knobs, both judged on held-out pairs by the same `preftune eval` (train
     .venv/bin/python benchmarks/learning_check.py                             # orca, DPO/SimPO/RPO, both arms
     .venv/bin/python benchmarks/learning_check.py --data hh --methods dpo     # HH-RLHF harmless, 400 / 200
     .venv/bin/python benchmarks/learning_check.py --arms preftune --train 64 --eval 48   # shorter
+    .venv/bin/python benchmarks/learning_check.py --same-pairs --arms preftune  # only the pairs TRL keeps
 
 Splits (shuffled with `random.Random(0)`, the first `--train` pairs trained on, the next `--eval` held out):
 - `orca`: shared orca_dpo_pairs (284 pairs): 200 train / 84 held out, the anchor users know;
@@ -27,7 +28,9 @@ ends, and TRL's DPOTrainer drops a pair outright when its prompt alone fills max
 training pairs, 17 of HH's 400 at 384 tokens). The experimental CPOTrainer (TRL's SimPO) keeps such a pair
 with an empty answer, whose mean log-prob is 0/0 = NaN, and one such pair in a batch makes every weight
 NaN after the first step; the SimPO arm therefore drops the same pairs as TRL's DPOTrainer. Each result
-records the pairs each arm trained on and its steps. TRL keeps its default gradient checkpointing (it
+records the pairs each arm trained on and its steps. `--same-pairs` removes the difference: both arms
+train only on the pairs TRL's DPOTrainer keeps (`drop_long_prompts` counts the prompt as TRL does), so a
+gap that remains is the method's, not the data's. TRL keeps its default gradient checkpointing (it
 changes no figure; without it TRL's batch of 8 at 384 tokens needs 17 GB). The held-out pairs are the same for both arms and the
 same code judges them (long prompts there are cut at the start, for both).
 """
@@ -104,6 +107,43 @@ def prepare(name: str, train: int, held_out: int, directory: Path) -> tuple[Path
     train_file.write_text("\n".join(lines[:train]) + "\n", encoding="utf-8")
     eval_file.write_text("\n".join(lines[train : train + held_out]) + "\n", encoding="utf-8")
     return train_file, eval_file
+
+
+def _ids(tokenizer: Any, messages: list[dict[str, Any]], **kwargs: Any) -> list[int]:
+    out = tokenizer.apply_chat_template(messages, tokenize=True, **kwargs)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def drop_long_prompts(train_file: Path, model_dir: Path, max_length: int) -> int:
+    """Keep only the pairs TRL's DPOTrainer keeps: those whose chat-templated prompt (up to where it and
+    prompt + answer diverge, as TRL counts it) is shorter than max_length. Returns the pairs dropped."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    kept, dropped = [], 0
+    for line in train_file.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        messages = record["input"]["messages"]
+        prompt = _ids(tokenizer, messages, add_generation_prompt=True)
+        length = min(
+            _common_prefix(prompt, _ids(tokenizer, messages + record[key]))
+            for key in ("preferred_output", "non_preferred_output")
+        )
+        if length < max_length:
+            kept.append(line)
+        else:
+            dropped += 1
+    train_file.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    return dropped
 
 
 def judge(adapter: Path, model_dir: Path, eval_file: Path) -> dict[str, Any]:
@@ -253,6 +293,11 @@ def main() -> None:
     parser.add_argument("--methods", default="dpo,simpo,rpo")
     parser.add_argument("--arms", default="preftune,trl")
     parser.add_argument("--precision", choices=[p for p in PRECISIONS if p != "auto"], default="fp32")
+    parser.add_argument(
+        "--same-pairs",
+        action="store_true",
+        help="train both arms only on the pairs TRL's DPOTrainer keeps (prompt shorter than max length)",
+    )
     parser.add_argument("--tolerance", type=float, default=0.01, help="loss and accuracy slack of the check")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -276,6 +321,9 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="learn-data-") as tmp:
         train_file, eval_file = prepare(args.data, n_train, n_eval, Path(tmp))
+        if args.same_pairs:
+            dropped = drop_long_prompts(train_file, model_dir, COMMON["max_length"])
+            print(f"--same-pairs: {dropped} training pairs whose prompt fills max length dropped", flush=True)
         print(
             f"{args.data}: shuffled with seed {SEED}, {n_train} train / {n_eval} held out; "
             f"load average {os.getloadavg()[0]:.1f}",
@@ -296,6 +344,7 @@ def main() -> None:
                     raise SystemExit(f"{arm} {method} failed (exit {proc.returncode})")
                 r = json.loads(result_file.read_text(encoding="utf-8"))
                 results.append({**r, "data": args.data, "train": n_train, "eval": n_eval,
+                                "same_pairs": args.same_pairs,
                                 "precision": args.precision, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                                 "load_average": os.getloadavg()[0]})  # fmt: skip
                 if args.json:  # after every arm, so a stop later loses nothing already finished

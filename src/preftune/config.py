@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         description="How long a collective of a multi-process training run waits for every rank before "
         "the run fails (a dead or stuck rank never hangs the job for ever).",
     )
+    peak_flops: float | None = Field(
+        default=None,
+        gt=0,
+        description="One device's peak FLOP/s, the denominator of the metrics' `mfu` (e.g. 9.89e14 for an "
+        "H100's dense bf16). Default: a table of CUDA cards' dense peaks, else a matmul measured on the device.",
+    )
     ray_address: str | None = Field(
         default=None,
         description="The Ray cluster that jobs with resources.launcher ray train on (`auto`, "

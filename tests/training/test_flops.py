@@ -189,6 +189,24 @@ def test_a_given_peak_is_the_denominator(tiny_model_dir: Path, pairs_file: Path,
     assert not (tmp_path / "bad").exists()  # refused before anything was written
 
 
+def test_preftune_peak_flops_reaches_the_cli_s_run(
+    tiny_model_dir: Path, pairs_file: Path, tmp_path: Path, preftune_home: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from preftune.cli.main import app
+
+    out = tmp_path / "run"
+    flags = ["train", "-t", str(pairs_file), "-m", str(tiny_model_dir), "-o", str(out), "--max-steps", "1",
+             "--max-length", "48", "--batch-size", "4", "--precision", "fp32"]  # fmt: skip
+    result = CliRunner().invoke(app, flags, env={"PREFTUNE_PEAK_FLOPS": "4e9"})
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["peak_flops"] == 4e9 and report["peak_flops_source"] == "given"
+    bad = CliRunner().invoke(app, flags, env={"PREFTUNE_PEAK_FLOPS": "0"})
+    assert bad.exit_code != 0 and "peak_flops" in str(bad.exception)
+
+
 def test_the_peak_probe_leaves_the_training_random_stream_alone() -> None:
     # A resumed run restores the generator's state; a probe drawing from it would shift dropout.
     from preftune.training.flops import measured_matmul_peak

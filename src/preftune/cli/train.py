@@ -149,6 +149,7 @@ def _train(
             "resume": resume,
             "callbacks": display,
             "device": settings.device,
+            "peak_flops": settings.peak_flops,
         }
         try:
             if launcher == "ray":

@@ -168,7 +168,8 @@ def _result_message(result: TrainResult) -> dict[str, Any]:
 
 
 def _run_inputs(payload: dict[str, Any]) -> dict[str, Any]:
-    """What `train()` and `train_on_ray()` both take from an attempt's payload: model, files, device."""
+    """What `train()` and `train_on_ray()` both take from an attempt's payload: model, files, device,
+    the device's peak for MFU."""
     return {
         "model": payload["model"],
         "training_file": Path(payload["training_file"]),
@@ -177,6 +178,7 @@ def _run_inputs(payload: dict[str, Any]) -> dict[str, Any]:
         "models_dir": Path(payload["models_dir"]),
         "resume": bool(payload.get("resume")),
         "device": payload.get("device", "auto"),
+        "peak_flops": payload.get("peak_flops"),
     }
 
 

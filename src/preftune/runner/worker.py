@@ -202,6 +202,7 @@ class Runner:
             "from_checkpoint_path": claimed.from_checkpoint_path,
             "resume": resume,
             "device": self.settings.device,
+            "peak_flops": self.settings.peak_flops,
             "resources": claimed.resources,
             "collective_timeout_s": self.settings.collective_timeout_s,
             "ray_address": self.settings.ray_address,

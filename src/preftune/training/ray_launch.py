@@ -106,6 +106,7 @@ def _worker(config: dict[str, Any]) -> None:
             resume=config["resume"],
             callbacks=_StopOnlyEvents(channel, report=launch.rank == 0),
             device=config["device"],
+            peak_flops=config["peak_flops"],
             launch=launch,
         )
     except PreftuneError as exc:
@@ -193,6 +194,7 @@ def train_on_ray(
     nodes: int = 1,
     use_gpu: bool | None = None,
     device: str = "auto",
+    peak_flops: float | None = None,
     strategy: str = "auto",
     collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S,
     callbacks: TrainCallbacks | None = None,
@@ -223,6 +225,7 @@ def train_on_ray(
         "models_dir": str(Path(models_dir).resolve()),
         "resume": resume,
         "device": "cuda" if use_gpu and device == "auto" else device,
+        "peak_flops": peak_flops,
         "strategy": strategy,
         "collective_timeout_s": collective_timeout_s,
         "channel": channel,
