@@ -1,6 +1,7 @@
 """A job with `resources.processes_per_node = 2` runs as two ranks under torch.distributed's
-launcher; SIGKILL of one rank fails the attempt within 60 s (`JOB_RETRY`), and the runner resumes
-it from its last checkpoint (`JOB_RESTARTED`) to completion, training no step twice."""
+launcher, or as two Ray Train workers with `resources.launcher: ray`; SIGKILL of one rank fails the
+attempt within 60 s (`JOB_RETRY`), and the runner resumes it from its last checkpoint
+(`JOB_RESTARTED`) to completion, training no step twice."""
 
 from __future__ import annotations
 
@@ -34,14 +35,31 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _rank_pids(runner: Runner) -> list[int]:
-    """The ranks: the processes the launcher (the runner's training child) spawned, not its helpers."""
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        for child in _children(todo.pop()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+# How a rank's command line reads: torchrun's launcher spawns them (multiprocessing's spawn_main);
+# Ray's raylet, started under the training child, runs them as RayTrainWorker actors.
+RANK_MARK = {"torchrun": b"spawn_main", "ray": b"RayTrainWorker"}
+
+
+def _rank_pids(runner: Runner, launcher: str) -> list[int]:
+    """The ranks: the training child's descendants that run a rank, not the launcher's helpers."""
     child = runner.current_child
     assert child is not None and child.pid is not None
     ranks = []
-    for pid in _children(child.pid):
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        if b"spawn_main" in cmdline:
+    for pid in _descendants(child.pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:  # a helper that ended meanwhile
+            continue
+        if RANK_MARK[launcher] in cmdline:
             ranks.append(pid)
     return sorted(ranks)
 
@@ -57,11 +75,36 @@ def _run_until_done(runner: Runner, outcomes: list[AttemptOutcome], deadline: fl
             return
 
 
+def _ray_available() -> bool:
+    try:
+        import ray.train  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the ranks through /proc (Linux)")
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        "torchrun",
+        pytest.param(
+            "ray", marks=pytest.mark.skipif(not _ray_available(), reason="the ray extra is not installed")
+        ),
+    ],
+)
 def test_a_killed_rank_fails_the_attempt_and_the_job_resumes(
-    db: Database, settings: Settings, owner_id: str, orca_file_id: str, tiny_model_dir: Path
+    db: Database,
+    settings: Settings,
+    owner_id: str,
+    orca_file_id: str,
+    tiny_model_dir: Path,
+    launcher: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a local Ray per attempt, never the caller's
+    monkeypatch.setenv("RAY_DISABLE_USAGE_STATS", "1")
     with db.session() as session:
         job_id = job_service.create_job(
             session,
@@ -70,12 +113,12 @@ def test_a_killed_rank_fails_the_attempt_and_the_job_resumes(
             training_file=orca_file_id,
             settings=settings,
             params={"batch_size": 2, "max_length": 48, "n_epochs": 8, "max_steps": TOTAL, "n_checkpoints": 6},
-            resources={"processes_per_node": 2},
+            resources={"processes_per_node": 2, "launcher": launcher},
         ).id
         assert job_service.get_job(session, owner_id, job_id).resources == {
             "processes_per_node": 2,
             "nodes": 1,
-            "launcher": "torchrun",
+            "launcher": launcher,
             "strategy": "auto",
         }
     runner = Runner(settings, db=db, runner_id="r")
@@ -87,7 +130,7 @@ def test_a_killed_rank_fails_the_attempt_and_the_job_resumes(
         while not any(e.type == "CHECKPOINT_SAVE" for e in _events(db, owner_id, job_id)):
             assert thread.is_alive() and time.monotonic() < deadline, "no checkpoint saved in time"
             time.sleep(0.05)
-        ranks = _rank_pids(runner)
+        ranks = _rank_pids(runner, launcher)
         assert len(ranks) == 2, ranks
         os.kill(ranks[-1], signal.SIGKILL)
         killed = time.monotonic()
