@@ -298,6 +298,7 @@ def main() -> None:
         action="store_true",
         help="train both arms only on the pairs TRL's DPOTrainer keeps (prompt shorter than max length)",
     )
+    parser.add_argument("--seed", type=int, default=COMMON["seed"], help="both arms' training seed")
     parser.add_argument("--tolerance", type=float, default=0.01, help="loss and accuracy slack of the check")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -305,6 +306,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         w = json.loads(args.worker_args)
+        COMMON["seed"] = w["seed"]
         out = worker(
             args.worker, w["method"], Path(w["model_dir"]), Path(w["train"]), Path(w["eval"]), w["precision"]
         )
@@ -335,7 +337,7 @@ def main() -> None:
             for arm in args.arms.split(","):
                 result_file = Path(tmp) / f"{arm}-{method}.json"
                 payload = {"method": method, "model_dir": str(model_dir), "train": str(train_file),
-                           "eval": str(eval_file), "precision": args.precision,
+                           "eval": str(eval_file), "precision": args.precision, "seed": args.seed,
                            "result": str(result_file)}  # fmt: skip
                 cmd = [sys.executable, __file__, "--worker", arm, "--worker-args", json.dumps(payload)]
                 # The worker's own output (the trainers' logs) goes to ours, so a long run can be watched.
@@ -344,7 +346,7 @@ def main() -> None:
                     raise SystemExit(f"{arm} {method} failed (exit {proc.returncode})")
                 r = json.loads(result_file.read_text(encoding="utf-8"))
                 results.append({**r, "data": args.data, "train": n_train, "eval": n_eval,
-                                "same_pairs": args.same_pairs,
+                                "same_pairs": args.same_pairs, "seed": args.seed,
                                 "precision": args.precision, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                                 "load_average": os.getloadavg()[0]})  # fmt: skip
                 if args.json:  # after every arm, so a stop later loses nothing already finished
