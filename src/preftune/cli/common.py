@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -62,8 +62,24 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
                 f"[bold red]error:[/] {escape(exc.message + where)}", highlight=False, soft_wrap=True
             )
             raise typer.Exit(exit_code_for(exc)) from None
+        except ValidationError as exc:
+            if exc.title != "Settings":  # a bug's validation error, not the user's environment
+                raise
+            for line in settings_errors(exc):
+                err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+def settings_errors(exc: ValidationError) -> list[str]:
+    """A bad environment variable as the variable users set: `PREFTUNE_PEAK_FLOPS: Input should be ...`."""
+    lines = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "settings"
+        variable = name if name.isupper() else f"PREFTUNE_{name.upper()}"  # aliases are AWS_* already
+        lines.append(f"{variable}: {error['msg']} (got {error.get('input')!r})")
+    return lines
 
 
 def to_jsonable(value: Any) -> Any:
