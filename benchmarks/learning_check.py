@@ -109,35 +109,24 @@ def prepare(name: str, train: int, held_out: int, directory: Path) -> tuple[Path
     return train_file, eval_file
 
 
-def _ids(tokenizer: Any, messages: list[dict[str, Any]], **kwargs: Any) -> list[int]:
-    out = tokenizer.apply_chat_template(messages, tokenize=True, **kwargs)
-    return list(out["input_ids"] if hasattr(out, "keys") else out)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def drop_long_prompts(train_file: Path, model_dir: Path, max_length: int) -> int:
     """Keep only the pairs TRL's DPOTrainer keeps: those whose chat-templated prompt (up to where it and
     prompt + answer diverge, as TRL counts it) is shorter than max_length. Returns the pairs dropped."""
     from transformers import AutoTokenizer
+
+    from preftune.training.tokenize import common_prefix_length, render
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     kept, dropped = [], 0
     for line in train_file.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         messages = record["input"]["messages"]
-        prompt = _ids(tokenizer, messages, add_generation_prompt=True)
-        length = min(
-            _common_prefix(prompt, _ids(tokenizer, messages + record[key]))
-            for key in ("preferred_output", "non_preferred_output")
-        )
+        # TRL's prompt length: the min of its common prefix with each prompt + answer, i.e. with both.
+        length = common_prefix_length(
+            render(tokenizer, messages, generation_prompt=True),
+            *(render(tokenizer, messages + record[key], generation_prompt=False)
+              for key in ("preferred_output", "non_preferred_output")),
+        )  # fmt: skip
         if length < max_length:
             kept.append(line)
         else:

@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -75,14 +76,6 @@ def _run_until_done(runner: Runner, outcomes: list[AttemptOutcome], deadline: fl
             return
 
 
-def _ray_available() -> bool:
-    try:
-        import ray.train  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the ranks through /proc (Linux)")
 @pytest.mark.slow
 @pytest.mark.parametrize(
@@ -90,7 +83,7 @@ def _ray_available() -> bool:
     [
         "torchrun",
         pytest.param(
-            "ray", marks=pytest.mark.skipif(not _ray_available(), reason="the ray extra is not installed")
+            "ray", marks=pytest.mark.skipif(not find_spec("ray"), reason="the ray extra is not installed")
         ),
     ],
 )

@@ -74,10 +74,13 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
 
 def settings_errors(exc: ValidationError) -> list[str]:
     """A bad environment variable as the variable users set: `PREFTUNE_PEAK_FLOPS: Input should be ...`."""
+    from preftune.config import Settings
+
+    prefix = Settings.model_config.get("env_prefix", "")
     lines = []
     for error in exc.errors():
         name = str(error["loc"][0]) if error["loc"] else "settings"
-        variable = name if name.isupper() else f"PREFTUNE_{name.upper()}"  # aliases are AWS_* already
+        variable = name if name.isupper() else f"{prefix}{name.upper()}"  # aliases are AWS_* already
         lines.append(f"{variable}: {error['msg']} (got {error.get('input')!r})")
     return lines
 
