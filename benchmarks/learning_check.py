@@ -5,6 +5,8 @@ the same knobs, both judged on held-out pairs by the same `preftune eval` (train
     .venv/bin/python benchmarks/learning_check.py --data hh --methods dpo     # HH-RLHF harmless, 400 / 200
     .venv/bin/python benchmarks/learning_check.py --arms preftune --train 64 --eval 48   # shorter
     .venv/bin/python benchmarks/learning_check.py --same-pairs --arms preftune  # only the pairs TRL keeps
+    .venv/bin/python benchmarks/learning_check.py --methods simpo --seeds 42,1,2 --json simpo.json  # 3 seeds
+    .venv/bin/python benchmarks/learning_check.py --summarize a.json b.json   # pool earlier runs' results
 
 Splits (shuffled with `random.Random(0)`, the first `--train` pairs trained on, the next `--eval` held out):
 - `orca`: shared orca_dpo_pairs (284 pairs): 200 train / 84 held out, the anchor users know;
@@ -21,7 +23,9 @@ barely moves in one epoch, and the paper's range is 2.0-2.5.
 Judged, for every run, on the held-out pairs (`preftune eval`'s figures, beside the base model's): the
 sigmoid DPO loss at beta 0.1 against the base model (lower is better), reward accuracy and margin, and the
 policy's own preference accuracy (summed and per-token log-probs). The check: preftune's held-out loss no
-worse than TRL's (within `--tolerance`) and its accuracies no lower.
+worse than TRL's (within `--tolerance`) and its accuracies no lower, on the means over `--seeds` (one seed
+per arm is not enough: orca SimPO's held-out loss moved 0.06 between two of preftune's seeds, more than its
+gap to TRL). `--summarize` pools several runs' `--json` files into one such verdict.
 
 The two arms truncate differently at max length: preftune drops the prompt's start first, TRL the answers'
 ends, and TRL's DPOTrainer drops a pair outright when its prompt alone fills max length (35 of orca's 200
@@ -41,6 +45,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -215,10 +220,10 @@ def train_trl(
     if method == "simpo":
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-        args = CPOConfig(**shared, loss_type="simpo", cpo_alpha=0.0, simpo_gamma=knobs["simpo_gamma"])
+        cpo_args = CPOConfig(**shared, loss_type="simpo", cpo_alpha=0.0, simpo_gamma=knobs["simpo_gamma"])
         trainer = CPOTrainer(
             model=model,
-            args=args,
+            args=cpo_args,
             processing_class=tokenizer,
             train_dataset=Dataset.from_list(rows),
             peft_config=lora,
@@ -234,10 +239,10 @@ def train_trl(
         extra: dict[str, Any] = {}
         if method == "rpo":
             extra = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, knobs["rpo_alpha"]]}
-        args = DPOConfig(**shared, **extra)
+        dpo_args = DPOConfig(**shared, **extra)
         trainer = DPOTrainer(
             model=model,
-            args=args,
+            args=dpo_args,
             processing_class=tokenizer,
             train_dataset=Dataset.from_list(rows),
             peft_config=lora,
@@ -269,7 +274,63 @@ def _write_json(path: Path, value: Any) -> None:
 
 
 def _row(label: str, figures: dict[str, Any]) -> str:
-    return f"  {label:<22}" + "".join(f"{figures.get(k, float('nan')):>12.4f}" for k in FIGURES)
+    return f"  {label:<32}" + "".join(f"{figures.get(k, float('nan')):>13.4f}" for k in FIGURES)
+
+
+def _header() -> str:
+    return f"  {'':<32}" + "".join(f"{label:>13}" for label in LABELS)
+
+
+def _arm_label(result: dict[str, Any]) -> str:
+    # TRL's DPOTrainer drops the long-prompt pairs itself, so its arm is the same with or without
+    # --same-pairs; preftune's arm is a different experiment with and without it.
+    if result["arm"] == "preftune" and result.get("same_pairs"):
+        return "preftune same-pairs"
+    return str(result["arm"])
+
+
+def summarize(results: list[dict[str, Any]], tolerance: float) -> list[str]:
+    """Each arm's held-out figures averaged over its seeds, and the verdict on those means.
+
+    One seed per arm cannot separate two methods whose seed-to-seed spread is larger than their gap
+    (orca SimPO: preftune's seeds 42 and 1 differ by 0.06 in held-out loss), so the check compares means
+    and prints each mean's standard deviation beside it. Rows from several runs (``--summarize a.json
+    b.json``) are pooled; a repeated (arm, seed) keeps its latest run. Results written before ``--seed``
+    existed were all trained with seed 42."""
+    groups: dict[tuple[Any, ...], dict[str, dict[int, dict[str, Any]]]] = {}
+    for r in sorted(results, key=lambda r: str(r.get("finished", ""))):
+        key = (r["data"], r["train"], r["eval"], r.get("precision", "fp32"), r["method"])
+        groups.setdefault(key, {}).setdefault(_arm_label(r), {})[int(r.get("seed", 42))] = r
+    lines: list[str] = []
+    for (data, n_train, n_eval, precision, method), arms in groups.items():
+        lines += [f"{data} {method}: {n_train} train / {n_eval} held out, {precision}", _header()]
+        base = next(iter(next(iter(arms.values())).values()))["figures"]["base"]
+        lines.append(_row("base", base))
+        means: dict[str, dict[str, float]] = {}
+        n_seeds: dict[str, int] = {}
+        for label, by_seed in sorted(arms.items()):
+            runs = [by_seed[seed]["figures"]["model"] for seed in sorted(by_seed)]
+            mean = {k: statistics.fmean(run[k] for run in runs) for k in FIGURES}
+            seeds = ",".join(str(seed) for seed in sorted(by_seed))
+            lines.append(_row(f"{label} (seed {seeds})", mean))
+            if len(runs) > 1:
+                lines.append(
+                    _row("  sd over seeds", {k: statistics.stdev(run[k] for run in runs) for k in FIGURES})
+                )
+            means[label] = mean
+            n_seeds[label] = len(runs)
+        theirs = means.get("trl")
+        for label, ours in means.items():
+            if theirs is None or label == "trl":
+                continue
+            ok_loss = ours["loss"] <= theirs["loss"] + tolerance
+            ok_acc = all(ours[k] >= theirs[k] - tolerance for k in FIGURES if "accura" in k)
+            verdict = "ok" if ok_loss and ok_acc else "WORSE"
+            lines.append(
+                f"  {label} vs trl, means of {n_seeds[label]} and {n_seeds['trl']} seeds: loss {'ok' if ok_loss else 'worse'}, "
+                f"accuracies {'ok' if ok_acc else 'lower'} -> {verdict}"
+            )
+    return lines
 
 
 def main() -> None:
@@ -287,12 +348,32 @@ def main() -> None:
         action="store_true",
         help="train both arms only on the pairs TRL's DPOTrainer keeps (prompt shorter than max length)",
     )
-    parser.add_argument("--seed", type=int, default=COMMON["seed"], help="both arms' training seed")
+    parser.add_argument(
+        "--seeds",
+        "--seed",
+        default=str(COMMON["seed"]),
+        help="both arms' training seeds, comma-separated; the verdict compares the means over them",
+    )
     parser.add_argument("--tolerance", type=float, default=0.01, help="loss and accuracy slack of the check")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--summarize",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="train nothing: pool the results of earlier --json files and print the means and the verdict",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-args", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.summarize:
+        pooled = [r for path in args.summarize for r in json.loads(path.read_text(encoding="utf-8"))]
+        print("\n".join(summarize(pooled, args.tolerance)))
+        return
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
     if args.worker:
         w = json.loads(args.worker_args)
         COMMON["seed"] = w["seed"]
@@ -320,13 +401,13 @@ def main() -> None:
             f"load average {os.getloadavg()[0]:.1f}",
             flush=True,
         )
-        print(f"  {'':<22}" + "".join(f"{label:>12}" for label in LABELS))
-        for method in args.methods.split(","):
-            by_arm: dict[str, dict[str, Any]] = {}
+        print(_header())
+        base_shown: set[str] = set()
+        for method, seed in ((method, seed) for method in args.methods.split(",") for seed in seeds):
             for arm in args.arms.split(","):
-                result_file = Path(tmp) / f"{arm}-{method}.json"
+                result_file = Path(tmp) / f"{arm}-{method}-{seed}.json"
                 payload = {"method": method, "model_dir": str(model_dir), "train": str(train_file),
-                           "eval": str(eval_file), "precision": args.precision, "seed": args.seed,
+                           "eval": str(eval_file), "precision": args.precision, "seed": seed,
                            "result": str(result_file)}  # fmt: skip
                 cmd = [sys.executable, __file__, "--worker", arm, "--worker-args", json.dumps(payload)]
                 # The worker's own output (the trainers' logs) goes to ours, so a long run can be watched.
@@ -335,22 +416,17 @@ def main() -> None:
                     raise SystemExit(f"{arm} {method} failed (exit {proc.returncode})")
                 r = json.loads(result_file.read_text(encoding="utf-8"))
                 results.append({**r, "data": args.data, "train": n_train, "eval": n_eval,
-                                "same_pairs": args.same_pairs, "seed": args.seed,
+                                "same_pairs": args.same_pairs, "seed": seed,
                                 "precision": args.precision, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                                 "load_average": os.getloadavg()[0]})  # fmt: skip
                 if args.json:  # after every arm, so a stop later loses nothing already finished
                     _write_json(args.json, results)
-                by_arm[arm] = r
-                if len(by_arm) == 1:
+                if method not in base_shown:  # the base model's figures are the same for every arm and seed
+                    base_shown.add(method)
                     print(_row(f"base ({method})", r["figures"]["base"]), flush=True)
-                print(_row(f"{arm} {method} ({r['train_seconds']:.0f} s)", r["figures"]["model"]), flush=True)
-            if {"preftune", "trl"} <= set(by_arm):
-                ours, theirs = by_arm["preftune"]["figures"]["model"], by_arm["trl"]["figures"]["model"]
-                ok_loss = ours["loss"] <= theirs["loss"] + args.tolerance
-                ok_acc = all(ours[k] >= theirs[k] - args.tolerance for k in FIGURES if "accura" in k)
-                verdict = "ok" if ok_loss and ok_acc else "WORSE"
-                print(f"  {method}: preftune vs TRL: loss {'ok' if ok_loss else 'worse'}, "
-                      f"accuracies {'ok' if ok_acc else 'lower'} -> {verdict}", flush=True)  # fmt: skip
+                label = f"{arm} {method} s{seed} ({r['train_seconds']:.0f} s)"
+                print(_row(label, r["figures"]["model"]), flush=True)
+    print("\n".join(["", *summarize(results, args.tolerance)]))
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
