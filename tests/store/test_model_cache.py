@@ -180,3 +180,33 @@ def test_a_pin_held_by_another_process_blocks_eviction(
         holder.communicate("")
     assert cache.evict(keep=other.digest) == [pin.digest]  # the other process is gone, and its lock too
     assert os.path.isdir(runner.model_cache_dir / other.digest)
+
+
+def test_a_damaged_cache_entry_is_fetched_again_unless_a_job_holds_it(
+    tmp_path: Path, s3_server: str, s3_bucket: str
+) -> None:
+    _publish(tmp_path, s3_server, s3_bucket, ["mine"])
+    runner, blobs = _machine(tmp_path, "runner", s3_server, s3_bucket)
+    source = (tmp_path / "src" / "mine" / "model.safetensors").read_bytes()
+    pin = artifacts.fetch_base_model(runner, blobs, "mine")
+    assert pin is not None
+    weights = pin.path / "model.safetensors"
+    pin.release()
+
+    # A file cut short under the cache (a full disk during a copy, a hand clean-up): the next use
+    # fetches the tree again rather than handing the trainer half a model.
+    weights.write_bytes(source[: MiB // 2])
+    again = artifacts.fetch_base_model(runner, blobs, "mine")
+    assert again is not None and again.digest == pin.digest
+    assert weights.read_bytes() == source
+    assert sorted(p.name for p in runner.model_cache_dir.iterdir()) == sorted([pin.digest, "locks"])
+
+    # Damaged while a job holds it: refused with the reason, and the holder's files stay where they are.
+    (again.path / "config.json").unlink()
+    with pytest.raises(OSError, match=r"damaged \(config.json is missing\) and another job holds it"):
+        ModelCache(runner.model_cache_dir, blobs, runner.model_cache_bytes).pin("models/mine")
+    assert weights.read_bytes() == source
+    again.release()
+    fixed = artifacts.fetch_base_model(runner, blobs, "mine")
+    assert fixed is not None and (fixed.path / "config.json").is_file()
+    fixed.release()

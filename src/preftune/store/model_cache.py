@@ -13,6 +13,11 @@ that resolves a model by name (the trainer, `resolve_model`) finds it unchanged.
 - **Bounded**: after a fetch, entries are removed, least recently used first (each use touches the
   entry's mtime), until their total size fits `max_bytes` (`PREFTUNE_MODEL_CACHE_BYTES`). The entry
   just fetched stays even when it alone is larger.
+- **Checked on every use**: a hit is checked cheaply (each file of the manifest present with its
+  size; re-hashing many gigabytes on every attempt would cost about as much as the fetch it saves), so
+  a file truncated or removed under the cache (a full disk, a hand clean-up) is fetched again instead
+  of failing the job at load time. A damaged entry another job still holds is refused, not swapped
+  from under it.
 - **Never under a running job**: a user holds a shared `flock` on the entry's lock file (`ModelPin`)
   for as long as a job trains on it; eviction takes the exclusive lock without waiting and skips an
   entry it cannot get. Locks are per open file, so this holds between runners on one machine and
@@ -86,6 +91,20 @@ class ModelPin:
         self.release()
 
 
+def _damage(path: Path, files: list[dict[str, Any]]) -> str | None:
+    """What is wrong with the cached tree at `path` against its manifest (a missing file, a wrong
+    size), or None when it looks whole. Sizes only: see the module's note on cost."""
+    for f in files:
+        item = path / str(f["path"])
+        try:
+            size = item.stat().st_size
+        except FileNotFoundError:
+            return f"{f['path']} is missing"
+        if size != int(f["size"]):
+            return f"{f['path']} has {size} bytes, the manifest {int(f['size'])}"
+    return None
+
+
 def _tree_size(path: Path) -> int:
     total = 0
     for item in path.rglob("*"):
@@ -128,6 +147,8 @@ class ModelCache:
             fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while an eviction renames this entry away
             if not path.is_dir():
                 self._fetch(key, files, path)
+            elif (damage := _damage(path, files)) is not None:
+                self._refetch(key, files, path, fd, damage)
             with contextlib.suppress(OSError):
                 os.utime(path)  # most recently used
         except BaseException:
@@ -153,6 +174,34 @@ class ModelCache:
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _refetch(self, key: str, files: list[dict[str, Any]], path: Path, fd: int, damage: str) -> None:
+        """Replace the damaged entry at `path` (this process holds its shared lock on `fd`)."""
+        log.warning("model cache: %s is damaged (%s); fetching it again", path.name[:12], damage)
+        # Only the exclusive lock may move an entry; the upgrade is not atomic (flock drops the shared
+        # lock first), so the entry is looked at again under it.
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            raise OSError(
+                f"the cached base model {path} is damaged ({damage}) and another job holds it; "
+                "it is fetched again once no job uses it"
+            ) from None
+        try:
+            if path.is_dir() and _damage(path, files) is not None:
+                self._discard(path, "damaged")
+            if not path.is_dir():
+                self._fetch(key, files, path)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+
+    def _discard(self, path: Path, why: str) -> None:
+        """Rename the entry at `path` away (its exclusive lock held), then remove it: a user that pins it
+        next finds it gone and fetches it again, never a directory half deleted."""
+        doomed = self.root / f".{why}-{path.name}-{os.getpid()}"
+        os.rename(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
     def entries(self) -> list[CacheEntry]:
         found: list[CacheEntry] = []
@@ -183,16 +232,12 @@ class ModelCache:
                 except BlockingIOError:
                     log.info("model cache: %s is in use; not evicting it", entry.digest[:12])
                     continue
-                # Renamed away under the lock, removed after: a user that pins it next finds it gone
-                # and fetches it again, never a directory half deleted.
-                doomed = self.root / f".evict-{entry.digest}-{os.getpid()}"
                 try:
-                    os.rename(entry.path, doomed)
+                    self._discard(entry.path, "evict")
                 except FileNotFoundError:
                     continue
             finally:
                 os.close(fd)
-            shutil.rmtree(doomed, ignore_errors=True)
             total -= entry.size
             removed.append(entry.digest)
         return removed
