@@ -370,10 +370,6 @@ def main() -> None:
         pooled = [r for path in args.summarize for r in json.loads(path.read_text(encoding="utf-8"))]
         print("\n".join(summarize(pooled, args.tolerance)))
         return
-    try:
-        seeds = [int(seed) for seed in args.seeds.split(",")]
-    except ValueError:
-        parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
     if args.worker:
         w = json.loads(args.worker_args)
         COMMON["seed"] = w["seed"]
@@ -382,6 +378,11 @@ def main() -> None:
         )
         _write_json(Path(w["result"]), out)
         return
+
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
 
     from preftune.config import Settings
     from preftune.contracts.base_models import resolve_model
