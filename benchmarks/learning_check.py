@@ -7,6 +7,7 @@ the same knobs, both judged on held-out pairs by the same `preftune eval` (train
     .venv/bin/python benchmarks/learning_check.py --same-pairs --arms preftune  # only the pairs TRL keeps
     .venv/bin/python benchmarks/learning_check.py --methods simpo --seeds 42,1,2 --json simpo.json  # 3 seeds
     .venv/bin/python benchmarks/learning_check.py --summarize a.json b.json   # pool earlier runs' results
+    .venv/bin/python benchmarks/learning_check.py --same-pairs --max-length 1536  # no pair truncated (orca)
 
 Splits (shuffled with `random.Random(0)`, the first `--train` pairs trained on, the next `--eval` held out):
 - `orca`: shared orca_dpo_pairs (284 pairs): 200 train / 84 held out, the anchor users know;
@@ -299,11 +300,22 @@ def summarize(results: list[dict[str, Any]], tolerance: float) -> list[str]:
     existed were all trained with seed 42."""
     groups: dict[tuple[Any, ...], dict[str, dict[int, dict[str, Any]]]] = {}
     for r in sorted(results, key=lambda r: str(r.get("finished", ""))):
-        key = (r["data"], r["train"], r["eval"], r.get("precision", "fp32"), r["method"])
+        # Runs at different max lengths are different experiments (results before the flag used 384).
+        key = (
+            r["data"],
+            r["train"],
+            r["eval"],
+            r.get("precision", "fp32"),
+            r.get("max_length", 384),
+            r["method"],
+        )
         groups.setdefault(key, {}).setdefault(_arm_label(r), {})[int(r.get("seed", 42))] = r
     lines: list[str] = []
-    for (data, n_train, n_eval, precision, method), arms in groups.items():
-        lines += [f"{data} {method}: {n_train} train / {n_eval} held out, {precision}", _header()]
+    for (data, n_train, n_eval, precision, max_length, method), arms in groups.items():
+        lines += [
+            f"{data} {method}: {n_train} train / {n_eval} held out, {precision}, max length {max_length}",
+            _header(),
+        ]
         base = next(iter(next(iter(arms.values())).values()))["figures"]["base"]
         lines.append(_row("base", base))
         means: dict[str, dict[str, float]] = {}
@@ -354,6 +366,12 @@ def main() -> None:
         default=str(COMMON["seed"]),
         help="both arms' training seeds, comma-separated; the verdict compares the means over them",
     )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=COMMON["max_length"],
+        help="training, --same-pairs and judging max length in tokens (above the longest pair: no truncation)",
+    )
     parser.add_argument("--tolerance", type=float, default=0.01, help="loss and accuracy slack of the check")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
@@ -373,6 +391,7 @@ def main() -> None:
     if args.worker:
         w = json.loads(args.worker_args)
         COMMON["seed"] = w["seed"]
+        COMMON["max_length"] = w.get("max_length", COMMON["max_length"])
         out = worker(
             args.worker, w["method"], Path(w["model_dir"]), Path(w["train"]), Path(w["eval"]), w["precision"]
         )
@@ -383,6 +402,7 @@ def main() -> None:
         seeds = [int(seed) for seed in args.seeds.split(",")]
     except ValueError:
         parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    COMMON["max_length"] = args.max_length
 
     from preftune.config import Settings
     from preftune.contracts.base_models import resolve_model
@@ -409,7 +429,7 @@ def main() -> None:
                 result_file = Path(tmp) / f"{arm}-{method}-{seed}.json"
                 payload = {"method": method, "model_dir": str(model_dir), "train": str(train_file),
                            "eval": str(eval_file), "precision": args.precision, "seed": seed,
-                           "result": str(result_file)}  # fmt: skip
+                           "max_length": args.max_length, "result": str(result_file)}  # fmt: skip
                 cmd = [sys.executable, __file__, "--worker", arm, "--worker-args", json.dumps(payload)]
                 # The worker's own output (the trainers' logs) goes to ours, so a long run can be watched.
                 proc = subprocess.run(cmd, env=env, stdout=sys.stderr)
@@ -417,7 +437,7 @@ def main() -> None:
                     raise SystemExit(f"{arm} {method} failed (exit {proc.returncode})")
                 r = json.loads(result_file.read_text(encoding="utf-8"))
                 results.append({**r, "data": args.data, "train": n_train, "eval": n_eval,
-                                "same_pairs": args.same_pairs, "seed": seed,
+                                "same_pairs": args.same_pairs, "seed": seed, "max_length": args.max_length,
                                 "precision": args.precision, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                                 "load_average": os.getloadavg()[0]})  # fmt: skip
                 if args.json:  # after every arm, so a stop later loses nothing already finished
