@@ -391,7 +391,7 @@ def main() -> None:
     if args.worker:
         w = json.loads(args.worker_args)
         COMMON["seed"] = w["seed"]
-        COMMON["max_length"] = w.get("max_length", COMMON["max_length"])
+        COMMON["max_length"] = w["max_length"]
         out = worker(
             args.worker, w["method"], Path(w["model_dir"]), Path(w["train"]), Path(w["eval"]), w["precision"]
         )
